@@ -1,0 +1,173 @@
+"""One poll pass: fetch → parse → dedup/store for every feed, then regenerate the outputs.
+
+``poll_feed`` is the one orchestrator of a feed; it records each feed's error
+and moves on, so a broken feed never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from .exceptions import FeedError, StorageError
+from .fetch import Fetcher, FetchSettings
+from .generate import write_outputs
+from .storage import Store
+from .storage.store import body_hash
+from .timeutil import iso, later, utcnow
+from .types import Config, FeedConfig, FeedState, FetchResult, PollResult
+from .workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+INLINE_PARSE_BELOW = 4
+
+Progress = Callable[[PollResult], None]
+
+
+@dataclass
+class PollContext:
+    config: Config
+    store: Store
+    fetcher: Fetcher
+    pool: WorkerPool
+
+
+@dataclass
+class PassSummary:
+    results: list[PollResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    def total(self, attribute: str) -> int:
+        return sum(getattr(r, attribute) for r in self.results)
+
+    @property
+    def failed(self) -> list[PollResult]:
+        return [r for r in self.results if not r.ok]
+
+    def line(self) -> str:
+        feeds = len(self.results)
+        return (
+            f"polled {feeds} feed{'s' if feeds != 1 else ''} in {self.seconds:.1f}s: "
+            f"{self.count('ok')} updated, {self.count('not_modified')} not modified, "
+            f"{len(self.failed)} failed; {self.total('new')} new entries, "
+            f"{self.total('updated')} changed, {self.total('duplicates')} duplicates"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "feeds": len(self.results),
+            "ok": self.count("ok"),
+            "not_modified": self.count("not_modified"),
+            "failed": len(self.failed),
+            "new": self.total("new"),
+            "updated": self.total("updated"),
+            "duplicates": self.total("duplicates"),
+            "seconds": round(self.seconds, 3),
+            "results": [asdict(r) for r in self.results],
+        }
+
+
+def select_feeds(config: Config, only: Sequence[str] = ()) -> list[FeedConfig]:
+    if not only:
+        return list(config.feeds)
+    by_url = {feed.url: feed for feed in config.feeds}
+    unknown = [url for url in only if url not in by_url]
+    if unknown:
+        from .exceptions import ConfigError
+
+        raise ConfigError(f"{config.path}: not a configured feed: {', '.join(unknown)}")
+    return [by_url[url] for url in dict.fromkeys(only)]
+
+
+def fetch_settings(config: Config) -> FetchSettings:
+    return FetchSettings(
+        timeout=config.timeout,
+        user_agent=config.user_agent,
+        allow_private=config.allow_private_addresses,
+        max_connections=max(config.concurrency, 8),
+    )
+
+
+async def poll_feeds(
+    config: Config, store: Store, feeds: Sequence[FeedConfig], progress: Progress | None = None
+) -> PassSummary:
+    """Poll ``feeds`` now, ``config.concurrency`` at a time, then rewrite every output."""
+    started = time.monotonic()
+    store.sync_feeds(config.feeds, iso(utcnow()))
+    states = store.feed_states(feed.url for feed in feeds)
+    workers = 0 if len(feeds) < INLINE_PARSE_BELOW else None
+    summary = PassSummary()
+    with WorkerPool(workers) as pool:
+        async with Fetcher(fetch_settings(config)) as fetcher:
+            context = PollContext(config, store, fetcher, pool)
+            limit = asyncio.Semaphore(config.concurrency)
+
+            async def one(feed: FeedConfig) -> None:
+                async with limit:
+                    result = await poll_feed(context, feed, states.get(feed.url, FeedState(feed.url)))
+                summary.results.append(result)
+                if progress:
+                    progress(result)
+
+            await asyncio.gather(*(one(feed) for feed in feeds))
+    write_outputs(config, store)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+async def poll_feed(context: PollContext, feed: FeedConfig, state: FeedState) -> PollResult:
+    started = time.monotonic()
+    now = utcnow()
+    try:
+        result = await context.fetcher.fetch(
+            state.moved_to or feed.url, etag=state.etag, last_modified=state.last_modified
+        )
+        outcome = await _store_result(context, feed, state, result)
+    except FeedError as e:
+        outcome = _record_failure(context, feed, e, getattr(e, "status", None))
+    except StorageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one feed's bug must not stop the pass
+        log.exception("unexpected error polling %s", feed.url)
+        outcome = _record_failure(context, feed, e, None)
+    log.info("polled %s: %s", feed.url, outcome.error or outcome.status)
+    return PollResult(**{**asdict(outcome), "seconds": round(time.monotonic() - started, 3)})
+
+
+async def _store_result(
+    context: PollContext, feed: FeedConfig, state: FeedState, result: FetchResult
+) -> PollResult:
+    now = utcnow()
+    next_poll = later(now, feed.interval)
+    moved = result.permanent_redirect
+    if result.not_modified or (state.body_hash and body_hash(result.body) == state.body_hash):
+        context.store.record_unchanged(feed.url, result, now=iso(now), next_poll_at=next_poll)
+        return PollResult(url=feed.url, status="not_modified", http_status=result.status, moved_to=moved)
+    parsed = await context.pool.parse(result.body, result.final_url, result.headers)
+    counts = context.store.store_feed(feed.url, parsed, result, now=iso(utcnow()), next_poll_at=next_poll)
+    return PollResult(
+        url=feed.url,
+        status="ok",
+        http_status=result.status,
+        new=counts.new,
+        updated=counts.updated,
+        duplicates=counts.duplicates,
+        warning=parsed.warning,
+        moved_to=moved,
+    )
+
+
+def _record_failure(context: PollContext, feed: FeedConfig, error: Exception, status: int | None) -> PollResult:
+    now = utcnow()
+    message = str(error) or type(error).__name__
+    context.store.record_error(
+        feed.url, error=message, status=status, now=iso(now), next_poll_at=later(now, feed.interval)
+    )
+    return PollResult(url=feed.url, status="error", http_status=status, error=message)

@@ -1,0 +1,66 @@
+"""The store's schema, changed only through these migrations (documented in docs/schema.md)."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("aggregator")
+
+
+@migrations()
+def m001_feeds_and_entries(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE feeds (
+            url TEXT PRIMARY KEY,
+            name TEXT,
+            title TEXT,
+            site_url TEXT,
+            language TEXT,
+            tags TEXT NOT NULL DEFAULT '[]',
+            etag TEXT,
+            last_modified TEXT,
+            body_hash TEXT,
+            last_polled_at TEXT,
+            last_success_at TEXT,
+            last_status INTEGER,
+            last_error TEXT,
+            last_warning TEXT,
+            error_count INTEGER NOT NULL DEFAULT 0,
+            next_poll_at TEXT,
+            moved_to TEXT,
+            added_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE entries (
+            id INTEGER PRIMARY KEY,
+            feed_url TEXT NOT NULL REFERENCES feeds(url),
+            guid TEXT NOT NULL,
+            url TEXT,
+            link TEXT,
+            title TEXT,
+            author TEXT,
+            published TEXT,
+            updated TEXT,
+            summary TEXT,
+            content TEXT,
+            article_text TEXT,
+            article_html TEXT,
+            language TEXT,
+            first_seen TEXT NOT NULL,
+            changed_at TEXT,
+            content_hash TEXT NOT NULL,
+            duplicate_of INTEGER REFERENCES entries(id),
+            duplicate_rule TEXT,
+            UNIQUE (feed_url, guid)
+        )
+        """
+    )
+    db.execute("CREATE INDEX entries_url ON entries(url)")
+    db.execute("CREATE INDEX entries_duplicate_of ON entries(duplicate_of)")
+    db.execute("CREATE INDEX entries_feed_published ON entries(feed_url, published)")
+    db.execute("CREATE INDEX entries_published ON entries(published)")

@@ -1,0 +1,310 @@
+"""Reads and writes of the SQLite store. One transaction per feed; no network I/O inside one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from ..dedup import Candidate, Match, dedup_key, match_url
+from ..exceptions import StorageError
+from ..types import FeedConfig, FeedState, FetchResult, ParsedEntry, ParsedFeed
+from .schema import migrations
+
+BUSY_TIMEOUT_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    new: int = 0
+    updated: int = 0
+    duplicates: int = 0
+
+
+@dataclass(frozen=True)
+class FeedRow:
+    url: str
+    name: str | None
+    title: str | None
+    site_url: str | None
+    tags: str
+    last_polled_at: str | None
+    last_success_at: str | None
+    last_status: int | None
+    last_error: str | None
+    last_warning: str | None
+    error_count: int
+    next_poll_at: str | None
+    moved_to: str | None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.title or self.url
+
+
+@dataclass(frozen=True)
+class EntryRow:
+    id: int
+    feed_url: str
+    guid: str
+    url: str | None
+    link: str | None
+    title: str | None
+    author: str | None
+    published: str | None
+    updated: str | None
+    summary: str | None
+    content: str | None
+    article_text: str | None
+    article_html: str | None
+    language: str | None
+    first_seen: str
+    feed_title: str | None
+    feed_site_url: str | None
+
+
+_ENTRY_COLUMNS = ", ".join(f"e.{f.name}" for f in fields(EntryRow) if not f.name.startswith("feed_") or f.name == "feed_url")
+_FEED_COLUMNS = ", ".join(f.name for f in fields(FeedRow))
+
+
+def content_hash(entry: ParsedEntry) -> str:
+    parts = (entry.title, entry.link, entry.author, entry.published, entry.updated, entry.summary, entry.content)
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
+
+
+class Store:
+    def __init__(self, db: Database, path: Path) -> None:
+        self.db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
+            db = Database(conn)
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_SECONDS * 1000}")
+            db.enable_wal()
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            migrations.apply(db)
+        except (sqlite3.Error, OSError) as e:
+            raise StorageError(f"{path}: cannot open the database: {e}") from e
+        return cls(db, path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[Database]:
+        try:
+            with self.db.atomic():
+                yield self.db
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.path}: write failed: {e}") from e
+
+    def sync_feeds(self, feeds: Sequence[FeedConfig], now: str) -> None:
+        """Make the configured feeds known to the store; their entries are never touched here."""
+        rows = [(f.url, f.name, json.dumps(list(f.tags), ensure_ascii=False), now) for f in feeds]
+        with self._write() as db:
+            db.conn.executemany(
+                """
+                INSERT INTO feeds (url, name, tags, added_at) VALUES (?, ?, ?, ?)
+                ON CONFLICT(url) DO UPDATE SET name = excluded.name, tags = excluded.tags
+                """,
+                rows,
+            )
+
+    def feed_states(self, urls: Iterable[str]) -> dict[str, FeedState]:
+        states = {}
+        for chunk in _chunks(list(urls)):
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(
+                f"SELECT url, etag, last_modified, moved_to, body_hash FROM feeds WHERE url IN ({marks})", chunk
+            ):
+                states[row[0]] = FeedState(url=row[0], etag=row[1], last_modified=row[2], moved_to=row[3], body_hash=row[4])
+        return states
+
+    def record_error(
+        self, url: str, *, error: str, status: int | None, now: str, next_poll_at: str
+    ) -> None:
+        with self._write() as db:
+            db.execute(
+                """
+                UPDATE feeds SET last_polled_at = ?, last_status = ?, last_error = ?,
+                    error_count = error_count + 1, next_poll_at = ?
+                WHERE url = ?
+                """,
+                [now, status, error, next_poll_at, url],
+            )
+
+    def record_unchanged(self, url: str, result: FetchResult, *, now: str, next_poll_at: str) -> None:
+        with self._write() as db:
+            self._record_success(db, url, result, None, now, next_poll_at)
+
+    def store_feed(
+        self, url: str, parsed: ParsedFeed, result: FetchResult, *, now: str, next_poll_at: str
+    ) -> StoreCounts:
+        """Upsert a feed's entries and its state in one transaction."""
+        with self._write() as db:
+            counts = self._upsert_entries(db, url, parsed.entries, now)
+            self._record_success(db, url, result, parsed, now, next_poll_at)
+        return counts
+
+    def _record_success(
+        self, db: Database, url: str, result: FetchResult, parsed: ParsedFeed | None, now: str, next_poll_at: str
+    ) -> None:
+        headers = result.headers
+        db.execute(
+            """
+            UPDATE feeds SET
+                title = coalesce(?, title), site_url = coalesce(?, site_url), language = coalesce(?, language),
+                etag = ?, last_modified = ?, body_hash = coalesce(?, body_hash),
+                last_polled_at = ?, last_success_at = ?, last_status = ?, last_error = NULL,
+                last_warning = ?, error_count = 0, next_poll_at = ?,
+                moved_to = coalesce(?, moved_to)
+            WHERE url = ?
+            """,
+            [
+                parsed.title if parsed else None,
+                parsed.site_url if parsed else None,
+                parsed.language if parsed else None,
+                headers.get("etag"),
+                headers.get("last-modified"),
+                body_hash(result.body) if result.body else None,
+                now, now, result.status,
+                parsed.warning if parsed else None,
+                next_poll_at,
+                result.permanent_redirect,
+                url,
+            ],
+        )
+
+    def _upsert_entries(self, db: Database, feed_url: str, entries: Sequence[ParsedEntry], now: str) -> StoreCounts:
+        existing = self._existing(db, feed_url, [e.guid for e in entries])
+        new = updated = duplicates = 0
+        for entry in reversed(entries):
+            digest = content_hash(entry)
+            known = existing.get(entry.guid)
+            if known is None:
+                match = self._insert(db, feed_url, entry, digest, now)
+                new += 1
+                duplicates += match is not None
+            elif known[1] != digest:
+                self._update(db, known[0], entry, digest, now)
+                updated += 1
+        return StoreCounts(new=new, updated=updated, duplicates=duplicates)
+
+    def _existing(self, db: Database, feed_url: str, guids: list[str]) -> dict[str, tuple[int, str]]:
+        found: dict[str, tuple[int, str]] = {}
+        for chunk in _chunks(guids):
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(
+                f"SELECT guid, id, content_hash FROM entries WHERE feed_url = ? AND guid IN ({marks})",
+                [feed_url, *chunk],
+            )
+            found.update((guid, (entry_id, digest)) for guid, entry_id, digest in rows)
+        return found
+
+    def _candidates(self, db: Database, key: str | None) -> list[Candidate]:
+        if key is None:
+            return []
+        rows = db.execute("SELECT id, duplicate_of FROM entries WHERE url = ? ORDER BY id LIMIT 16", [key])
+        return [Candidate(id=row[0], duplicate_of=row[1]) for row in rows]
+
+    def _insert(self, db: Database, feed_url: str, entry: ParsedEntry, digest: str, now: str) -> Match | None:
+        key = dedup_key(entry)
+        match = match_url(self._candidates(db, key))
+        db.execute(
+            """
+            INSERT INTO entries (feed_url, guid, url, link, title, author, published, updated, summary,
+                content, language, first_seen, content_hash, duplicate_of, duplicate_rule)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            [
+                feed_url, entry.guid, key, entry.link, entry.title, entry.author, entry.published,
+                entry.updated, entry.summary, entry.content, entry.language, now, digest,
+                match.original_id if match else None, match.rule if match else None,
+            ],
+        )
+        return match
+
+    def _update(self, db: Database, entry_id: int, entry: ParsedEntry, digest: str, now: str) -> None:
+        key = dedup_key(entry)
+        db.execute(
+            """
+            UPDATE entries SET url = ?, link = ?, title = ?, author = ?, published = ?, updated = ?,
+                summary = ?, content = ?, language = coalesce(?, language), changed_at = ?, content_hash = ?
+            WHERE id = ?
+            """,
+            [key, entry.link, entry.title, entry.author, entry.published, entry.updated,
+             entry.summary, entry.content, entry.language, now, digest, entry_id],
+        )
+        self._reevaluate(db, entry_id, key)
+
+    def _reevaluate(self, db: Database, entry_id: int, key: str | None) -> None:
+        """An edited entry may now match an earlier story; it and its members then join that story."""
+        row = db.execute("SELECT duplicate_of FROM entries WHERE id = ?", [entry_id]).fetchone()
+        if row is None or row[0] is not None:
+            return
+        match = match_url(self._candidates(db, key), own_id=entry_id)
+        if match is None:
+            return
+        db.execute(
+            "UPDATE entries SET duplicate_of = ?, duplicate_rule = ? WHERE id = ? OR duplicate_of = ?",
+            [match.original_id, match.rule, entry_id, entry_id],
+        )
+
+    def entries_for_output(self, feed_urls: Sequence[str] | None, limit: int) -> list[EntryRow]:
+        """Newest first, one entry per story: the earliest member among ``feed_urls``."""
+        where, params = "", []
+        if feed_urls is not None:
+            if not feed_urls:
+                return []
+            where = f"WHERE e.feed_url IN ({','.join('?' * len(feed_urls))})"
+            params = list(feed_urls)
+        sql = f"""
+            WITH members AS (
+                SELECT e.*, row_number() OVER (
+                    PARTITION BY coalesce(e.duplicate_of, e.id) ORDER BY e.id) AS member_rank
+                FROM entries e {where}
+            )
+            SELECT {_ENTRY_COLUMNS}, f.title AS feed_title, f.site_url AS feed_site_url
+            FROM members e JOIN feeds f ON f.url = e.feed_url
+            WHERE e.member_rank = 1
+            ORDER BY min(coalesce(e.published, e.first_seen), e.first_seen) DESC, e.id DESC
+            LIMIT ?
+        """
+        rows = self.db.execute(sql, [*params, limit]).fetchall()
+        return [EntryRow(*row) for row in rows]
+
+    def feeds(self) -> list[FeedRow]:
+        rows = self.db.execute(f"SELECT {_FEED_COLUMNS} FROM feeds ORDER BY url").fetchall()
+        return [FeedRow(*row) for row in rows]
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = self.db.execute(sql, list(params)).fetchone()
+        return row[0] if row else None
+
+
+def body_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()[:32]
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,76 @@
+"""URL canonicalisation: one spelling per address, used to recognise the same story."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit, urlunsplit
+
+_TRACKING_PARAMS = frozenset(
+    {
+        "fbclid", "gclid", "gclsrc", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "twclid",
+        "igshid", "mc_cid", "mc_eid", "_hsenc", "_hsmi", "mkt_tok", "oly_anon_id", "oly_enc_id",
+        "vero_id", "wickedid", "rb_clickid", "s_cid", "ncid", "ocid", "cmpid", "at_medium",
+        "at_campaign", "ref_src", "ref_url", "spm", "xtor", "wt_mc", "wt.mc_id", "__twitter_impression",
+    }
+)
+_TRACKING_PREFIXES = ("utm_", "pk_", "mtm_", "matomo_", "hsa_", "itm_")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_SAFE_PATH = "/%:@!$&'()*+,;=-._~"
+
+
+def is_tracking_param(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _TRACKING_PARAMS or lowered.startswith(_TRACKING_PREFIXES)
+
+
+def absolute_url(link: str | None, base: str) -> str | None:
+    """``link`` resolved against ``base``; None for empty or non-http(s) links."""
+    if not link or not link.strip():
+        return None
+    resolved = urljoin(base, link.strip())
+    if urlsplit(resolved).scheme.lower() not in ("http", "https"):
+        return None
+    return resolved
+
+
+def canonical_url(url: str) -> str:
+    """The canonical spelling of an http(s) URL.
+
+    Lower-case scheme and host, no default port, no fragment, no trailing slash,
+    no tracking parameters, remaining query parameters kept in their order,
+    percent-encoding normalised.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    netloc = _netloc(parts.hostname or "", parts.port if _has_valid_port(parts) else None, scheme)
+    path = _path(parts.path)
+    query = _query(parts.query)
+    return urlunsplit((scheme, netloc, path, query, ""))
+
+
+def _has_valid_port(parts) -> bool:
+    try:
+        parts.port
+    except ValueError:
+        return False
+    return True
+
+
+def _netloc(host: str, port: int | None, scheme: str) -> str:
+    host = host.lower().rstrip(".")
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or _DEFAULT_PORTS.get(scheme) == port:
+        return host
+    return f"{host}:{port}"
+
+
+def _path(path: str) -> str:
+    path = quote(unquote(path), safe=_SAFE_PATH)
+    path = re.sub(r"/{2,}", "/", path)
+    return path.rstrip("/")
+
+
+def _query(query: str) -> str:
+    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if not is_tracking_param(k)]
+    return urlencode(pairs, quote_via=quote, safe="/:@!$'()*,;-._~")
