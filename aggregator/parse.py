@@ -40,7 +40,7 @@ def parse_feed(body: bytes, url: str, headers: Mapping[str, str] | None = None) 
     warning = _problem(data)
     if warning and not entries and not data.feed.get("title"):
         raise ParseError(url, f"not a feed: {warning}")
-    if not entries and not data.version and not data.feed:
+    if not entries and not data.get("version") and not data.feed:
         raise ParseError(url, "not a feed: no RSS or Atom document found")
     feed = data.feed
     return ParsedFeed(
@@ -82,14 +82,15 @@ def _entry(raw: Any, feed_url: str) -> ParsedEntry | None:
         summary = None
     if not (title or raw.get("id") or link or summary or content):
         return None
-    published = _date(raw.get("published_parsed")) or _date(raw.get("updated_parsed"))
+    updated = _date(dict.get(raw, "updated_parsed"))
+    published = _date(dict.get(raw, "published_parsed")) or updated
     return ParsedEntry(
         guid=_guid(raw.get("id"), link, title, published, summary or content),
         link=link,
         title=title,
-        author=_clean_space(raw.get("author")),
+        author=_author(raw),
         published=published,
-        updated=_date(raw.get("updated_parsed")),
+        updated=updated,
         summary=summary,
         content=content,
         language=_entry_language(raw),
@@ -151,6 +152,13 @@ def _clean_space(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     return _SPACE.sub(" ", value).strip() or None
+
+
+def _author(raw: Any) -> str | None:
+    detail = raw.get("author_detail")
+    if detail and detail.get("name"):
+        return _clean_space(detail["name"])
+    return _clean_space(raw.get("author"))
 
 
 def _language(value: Any) -> str | None:

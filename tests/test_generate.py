@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import feedparser
+import pytest
+
+from aggregator.generate import FeedMeta, Item, Source, item_from_row, render_atom, render_json, render_rss
+from aggregator.storage import EntryRow
+
+META = FeedMeta(title="Nachrichten »aktuell«", self_url="http://h.test/feeds/all.atom", home_url="http://h.test/",
+                updated=datetime(2026, 11, 20, tzinfo=UTC))
+
+
+def row(**kw) -> EntryRow:
+    base = dict(
+        id=1, feed_url="http://src.test/feed", guid="g1", url="http://n.test/a", link="http://n.test/a?x=1",
+        title="Grüße aus Köln – »Test«", author="Jürgen", published="2026-11-19T08:00:00Z", updated=None,
+        summary="<p>Kurz</p>", content="<p>Lang und ausführlich 😀</p>", article_text=None, article_html=None,
+        language="de", first_seen="2026-11-19T09:00:00Z", feed_title="Quelle", feed_site_url="http://src.test/",
+    )
+    return EntryRow(**{**base, **kw})
+
+
+ITEMS = [item_from_row(row()), item_from_row(row(id=2, guid="g2", title=None, link=None, summary=None, content=None))]
+
+
+@pytest.mark.parametrize("render", [render_atom, render_rss])
+def test_xml_outputs_parse_back_cleanly(render):
+    parsed = feedparser.parse(render(META, ITEMS))
+    assert parsed.bozo == 0
+    assert parsed.feed.title == META.title
+    first = parsed.entries[0]
+    assert first.title == "Grüße aus Köln – »Test«"
+    assert first.link == "http://n.test/a?x=1"
+    assert "Lang und ausführlich 😀" in first.content[0].value
+    assert first.source.title == "Quelle"
+    assert parsed.entries[1].title == "Untitled"
+
+
+def test_atom_source_and_ids_are_stable():
+    text = render_atom(META, ITEMS).decode("utf-8")
+    assert text.count("<source>") == 2 and 'href="http://src.test/feed"' in text
+    assert render_atom(META, ITEMS) == render_atom(META, [item_from_row(row()), ITEMS[1]])
+
+
+def test_rss_source_url_and_content_encoded():
+    text = render_rss(META, ITEMS).decode("utf-8")
+    assert '<source url="http://src.test/feed">Quelle</source>' in text
+    assert "<content:encoded>" in text and "<dc:creator>Jürgen</dc:creator>" in text
+
+
+def test_json_feed_1_1():
+    document = json.loads(render_json(META, ITEMS))
+    assert document["version"] == "https://jsonfeed.org/version/1.1"
+    first = document["items"][0]
+    assert first["title"] == "Grüße aus Köln – »Test«"
+    assert first["content_html"] == "<p>Lang und ausführlich 😀</p>"
+    assert first["summary"] == "Kurz"
+    assert first["date_published"] == "2026-11-19T08:00:00Z"
+    assert first["authors"] == [{"name": "Jürgen"}]
+    assert first["_aggregator"]["source"] == {"title": "Quelle", "feed_url": "http://src.test/feed", "home_page_url": "http://src.test/"}
+    assert len({item["id"] for item in document["items"]}) == 2
+
+
+def test_article_body_preferred_and_text_carried():
+    item = item_from_row(row(article_html="<p>Artikel</p>", article_text="Artikel"))
+    assert item.body_html == "<p>Artikel</p>" and item.body_text == "Artikel"
+    assert json.loads(render_json(META, [item]))["items"][0]["content_text"] == "Artikel"
+
+
+def test_future_dates_are_capped_at_first_seen():
+    item = item_from_row(row(published="2099-01-01T00:00:00Z"))
+    assert item.published == datetime(2026, 11, 19, 9, tzinfo=UTC)
+
+
+def test_control_characters_do_not_break_xml():
+    item = item_from_row(row(title="bad\x00 \x0bchars\x1f", content="<p>x\x08y</p>"))
+    for render in (render_atom, render_rss):
+        parsed = feedparser.parse(render(META, [item]))
+        assert parsed.bozo == 0 and parsed.entries[0].title == "bad chars"
+
+
+def test_empty_output_is_valid():
+    for render in (render_atom, render_rss):
+        assert feedparser.parse(render(META, [])).bozo == 0
+    assert json.loads(render_json(META, []))["items"] == []
+
+
+def test_item_requires_no_network_fields():
+    item = Item(id="urn:x", title="t", link=None, published=META.updated, updated=META.updated, author=None,
+                summary_html=None, body_html="<p>t</p>", body_text=None, language=None,
+                source=Source(title="s", url="http://s.test/", site_url=None))
+    assert feedparser.parse(render_atom(META, [item])).bozo == 0

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aggregator.exceptions import ParseError
+from aggregator.parse import parse_feed
+
+DATA = Path(__file__).parent / "data"
+BASE = "http://127.0.0.1:8000"
+FEEDS = sorted(p for p in DATA.glob("*.xml") if (DATA / f"{p.stem}.expected.json").exists() and p.stem != "garbage")
+
+
+def parse_fixture(name: str):
+    return parse_feed((DATA / name).read_bytes(), f"{BASE}/{name}", {"content-type": "application/xml"})
+
+
+def absolute(link: str | None) -> str | None:
+    return BASE + link if link and link.startswith("/") else link
+
+
+@pytest.mark.parametrize("path", FEEDS, ids=lambda p: p.stem)
+def test_fixture_expectations(path):
+    expected = json.loads((DATA / f"{path.stem}.expected.json").read_text(encoding="utf-8"))
+    parsed = parse_fixture(path.name)
+    assert parsed.title == expected["title"]
+    assert len(parsed.entries) == len(expected["entries"])
+    for entry, want in zip(parsed.entries, expected["entries"], strict=True):
+        assert entry.title == want["title"]
+        assert entry.link == absolute(want["link"])
+        assert entry.published == want["published"]
+        if want["guid"] is not None:
+            assert entry.guid == absolute(want["guid"])
+        if "author" in want:
+            assert entry.author == want["author"]
+        for text in want.get("summary_contains", []):
+            assert text in entry.summary
+        for text in want.get("content_contains", []):
+            assert text in entry.content
+        for text in want.get("summary_forbidden", []):
+            assert text not in (entry.summary or "") + (entry.content or "")
+    assert (parsed.warning is not None) == bool(expected.get("bozo"))
+
+
+def test_title_only_entries_get_stable_distinct_guids():
+    first = parse_fixture("title_only.xml")
+    second = parse_fixture("title_only.xml")
+    guids = [e.guid for e in first.entries]
+    assert len(set(guids)) == len(guids) == 3
+    assert all(g.startswith("hash:") for g in guids)
+    assert guids == [e.guid for e in second.entries]
+
+
+def test_german_text_survives_both_encodings():
+    utf8 = parse_fixture("german_umlauts.xml")
+    latin1 = parse_fixture("german_latin1.xml")
+    text = " ".join(f"{e.title} {e.summary}" for e in utf8.entries + latin1.entries)
+    for char in "äöüÄÖÜß»«„“–":
+        assert char in text
+
+
+def test_guid_fallbacks_link_then_hash():
+    body = b"""<rss version="2.0"><channel><title>t</title>
+    <item><title>A</title><link>/a</link></item>
+    <item><title>B</title><pubDate>Tue, 10 Nov 2026 10:00:00 GMT</pubDate></item>
+    <item><title>B</title><pubDate>Wed, 11 Nov 2026 10:00:00 GMT</pubDate></item>
+    <item><description>only a body</description></item>
+    <item></item>
+    </channel></rss>"""
+    parsed = parse_feed(body, "http://h.test/feed", {})
+    assert [e.title for e in parsed.entries] == ["A", "B", "B", None]
+    assert parsed.entries[0].guid == "http://h.test/a"
+    assert len({e.guid for e in parsed.entries}) == 4
+
+
+def test_duplicate_guids_inside_one_feed_keep_the_first():
+    body = b"""<rss version="2.0"><channel><title>t</title>
+    <item><guid>x</guid><title>first</title></item><item><guid>x</guid><title>second</title></item>
+    </channel></rss>"""
+    assert [e.title for e in parse_feed(body, "http://h.test/", {}).entries] == ["first"]
+
+
+def test_dates_normalised_to_utc():
+    body = b"""<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title><id>urn:x</id><updated>2026-11-10T10:00:00+02:00</updated>
+    <entry><id>urn:1</id><title>a</title><published>2026-11-10T10:00:00+02:00</published><updated>2026-11-10T23:30:00-05:00</updated></entry>
+    </feed>"""
+    (entry,) = parse_feed(body, "http://h.test/", {}).entries
+    assert entry.published == "2026-11-10T08:00:00Z"
+    assert entry.updated == "2026-11-11T04:30:00Z"
+
+
+def test_html_title_becomes_text_and_markup_is_sanitised():
+    body = b"""<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title><id>urn:x</id>
+    <entry><id>urn:1</id><title type="html">Tom &amp;amp; &lt;b&gt;Jerry&lt;/b&gt;</title>
+    <content type="html">&lt;p onmouseover="x()"&gt;Hi &lt;img src="/i.png" onerror="y()"&gt;&lt;a href="javascript:z()"&gt;l&lt;/a&gt;&lt;/p&gt;&lt;script&gt;bad()&lt;/script&gt;</content></entry>
+    </feed>"""
+    (entry,) = parse_feed(body, "http://h.test/feeds/a.xml", {}).entries
+    assert entry.title == "Tom & Jerry"
+    assert entry.content == '<p>Hi <img src="http://h.test/i.png"><a rel="noopener noreferrer">l</a></p>'
+
+
+@pytest.mark.parametrize("body", [b"", b"this is not a feed", b"\x89PNG\r\n\x1a\n\x00\x00", b"<html><body>hello</body></html>"])
+def test_not_a_feed(body):
+    with pytest.raises(ParseError, match="not a feed"):
+        parse_feed(body, "http://h.test/", {"content-type": "text/html"})
+
+
+def test_parse_error_survives_pickling():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(ParseError("http://h.test/", "not a feed")))
+    assert (error.url, str(error)) == ("http://h.test/", "not a feed")

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+from aggregator.sanitize import plain_text, sanitize_html
+
+VECTORS = [
+    '<script>alert(1)</script>',
+    '<img src=x onerror=alert(1)>',
+    '<a href="javascript:alert(1)">x</a>',
+    '<a href="&#106;avascript:alert(1)">x</a>',
+    '<a href="JaVaScRiPt:alert(1)">x</a>',
+    '<a href="java\tscript:alert(1)">x</a>',
+    '<iframe src="http://evil.test/"></iframe>',
+    '<object data="http://evil.test/x.swf"></object>',
+    '<embed src="http://evil.test/x.swf">',
+    '<svg onload=alert(1)>',
+    '<body onload=alert(1)>',
+    '<div style="background:url(javascript:alert(1))">x</div>',
+    '<p style="width: expression(alert(1))">x</p>',
+    '<scr<script>ipt>alert(1)</script>',
+    '<a href="data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==">x</a>',
+    '<form action="http://evil.test/"><input type=submit></form>',
+    '<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>',
+    '<meta http-equiv="refresh" content="0;url=javascript:alert(1)">',
+    '<base href="javascript:alert(1)//">',
+    '<link rel=stylesheet href="http://evil.test/x.css">',
+]
+FORBIDDEN = ["<script", "onerror", "onload", "javascript:", "<iframe", "<object", "<embed", "expression(", "data:text", "<form", "<meta", "<base", "<link", "<style", "alert(1)</"]
+
+
+@pytest.mark.parametrize("vector", VECTORS)
+def test_attack_vectors_are_neutralised(vector):
+    cleaned = (sanitize_html(f"<p>ok</p>{vector}", "http://h.test/") or "").lower()
+    for needle in FORBIDDEN:
+        assert needle not in cleaned
+
+
+def test_keeps_what_readers_need():
+    markup = '<h2>Titel</h2><p>»Grüße« <a href="/x">Link</a> <em>kursiv</em></p><ul><li>eins</li></ul><img src="i.png" alt="Bild"><blockquote>Zitat</blockquote>'
+    cleaned = sanitize_html(markup, "http://h.test/dir/")
+    assert cleaned == (
+        '<h2>Titel</h2><p>»Grüße« <a href="http://h.test/x" rel="noopener noreferrer">Link</a> <em>kursiv</em></p>'
+        '<ul><li>eins</li></ul><img src="http://h.test/dir/i.png" alt="Bild"><blockquote>Zitat</blockquote>'
+    )
+
+
+def test_empty_markup_is_none():
+    assert sanitize_html("") is None and sanitize_html("   ") is None and sanitize_html("<script>x</script>") is None
+
+
+def test_plain_text():
+    assert plain_text("<p>Tom &amp; <b>Jerry</b></p>\n<p>»zwei«</p>") == "Tom & Jerry »zwei«"
+    assert plain_text(None) is None
