@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .types import ParsedEntry
-from .urls import canonical_url
-
 RULE_URL = "url"
 
 
@@ -31,11 +28,6 @@ class Match:
     original_id: int
     rule: str
     similarity: float = 1.0
-
-
-def dedup_key(entry: ParsedEntry) -> str | None:
-    """The canonical URL under which an entry's story is recognised."""
-    return canonical_url(entry.link) if entry.link else None
 
 
 def match_url(candidates: list[Candidate], own_id: int | None = None) -> Match | None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import feedparser
@@ -19,9 +21,10 @@ import feedparser
 from .exceptions import ParseError
 from .sanitize import plain_text, sanitize_html
 from .types import ParsedEntry, ParsedFeed
-from .urls import absolute_url
+from .urls import absolute_url, canonical_url
 
 _SPACE = re.compile(r"\s+")
+_XML_POSITION = re.compile(r"^<unknown>:(\d+):(\d+):")
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
@@ -38,10 +41,9 @@ def parse_feed(body: bytes, url: str, headers: Mapping[str, str] | None = None) 
     )
     entries = _entries(data.entries, url)
     warning = _problem(data)
-    if warning and not entries and not data.feed.get("title"):
-        raise ParseError(url, f"not a feed: {warning}")
-    if not entries and not data.get("version") and not data.feed:
-        raise ParseError(url, "not a feed: no RSS or Atom document found")
+    if not entries and not data.get("version"):
+        detail = f" ({warning})" if warning else ""
+        raise ParseError(url, f"not a feed: no RSS or Atom document found{detail}")
     feed = data.feed
     return ParsedFeed(
         title=_text(feed.get("title"), feed.get("title_detail")),
@@ -56,23 +58,26 @@ def _problem(data: Any) -> str | None:
     if not data.get("bozo"):
         return None
     error = data.get("bozo_exception")
-    if isinstance(error, feedparser.CharacterEncodingOverride):
+    if isinstance(error, feedparser.CharacterEncodingOverride | feedparser.NonXMLContentType):
         return None
-    return str(error) or type(error).__name__
+    text = str(error) or type(error).__name__
+    return _XML_POSITION.sub(r"line \1, column \2:", text)
 
 
 def _entries(raw_entries: list[Any], feed_url: str) -> tuple[ParsedEntry, ...]:
     seen: set[str] = set()
     entries = []
     for raw in raw_entries:
+        if not raw:
+            continue
         entry = _entry(raw, feed_url)
-        if entry is not None and entry.guid not in seen:
+        if entry.guid not in seen:
             seen.add(entry.guid)
             entries.append(entry)
     return tuple(entries)
 
 
-def _entry(raw: Any, feed_url: str) -> ParsedEntry | None:
+def _entry(raw: Any, feed_url: str) -> ParsedEntry:
     base = _base(raw, feed_url)
     link = absolute_url(raw.get("link"), base)
     title = _text(raw.get("title"), raw.get("title_detail"))
@@ -80,12 +85,10 @@ def _entry(raw: Any, feed_url: str) -> ParsedEntry | None:
     content = _content(raw.get("content"), base)
     if summary and summary == content:
         summary = None
-    if not (title or raw.get("id") or link or summary or content):
-        return None
     updated = _date(dict.get(raw, "updated_parsed"))
     published = _date(dict.get(raw, "published_parsed")) or updated
-    return ParsedEntry(
-        guid=_guid(raw.get("id"), link, title, published, summary or content),
+    return keyed(ParsedEntry(
+        guid=_guid(raw, link, title, published, summary or content),
         link=link,
         title=title,
         author=_author(raw),
@@ -94,7 +97,14 @@ def _entry(raw: Any, feed_url: str) -> ParsedEntry | None:
         summary=summary,
         content=content,
         language=_entry_language(raw),
-    )
+    ))
+
+
+def keyed(entry: ParsedEntry) -> ParsedEntry:
+    """The entry with its canonical URL and content hash, by which the store recognises it."""
+    parts = (entry.title, entry.link, entry.author, entry.published, entry.updated, entry.summary, entry.content)
+    digest = hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
+    return replace(entry, url=canonical_url(entry.link) if entry.link else None, content_hash=digest)
 
 
 def _base(raw: Any, feed_url: str) -> str:
@@ -105,12 +115,17 @@ def _base(raw: Any, feed_url: str) -> str:
     return feed_url
 
 
-def _guid(guid: Any, link: str | None, title: str | None, published: str | None, body: str | None) -> str:
+def _guid(raw: Any, link: str | None, title: str | None, published: str | None, body: str | None) -> str:
+    """The feed's id, else the link, else a hash of title and date (of everything, for an entry without a title)."""
+    guid = raw.get("id")
     if isinstance(guid, str) and guid.strip():
         return guid.strip()
     if link:
         return link
-    basis = "\x1f".join((title or "", published or "", "" if title else body or ""))
+    if title:
+        basis = f"{title}\x1f{published or ''}"
+    else:
+        basis = json.dumps(raw, sort_keys=True, ensure_ascii=False, default=str)
     return "hash:" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:32]
 
 

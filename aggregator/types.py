@@ -92,6 +92,8 @@ class ParsedEntry:
     summary: str | None
     content: str | None
     language: str | None = None
+    url: str | None = None
+    content_hash: str = ""
 
 
 @dataclass(frozen=True)

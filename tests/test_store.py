@@ -6,6 +6,7 @@ import pytest
 
 from aggregator.dedup import Candidate, match_url
 from aggregator.exceptions import StorageError
+from aggregator.parse import keyed
 from aggregator.storage import Store
 from aggregator.types import FeedConfig, FetchResult, ParsedEntry, ParsedFeed
 
@@ -15,7 +16,7 @@ LATER = "2026-11-20T11:00:00Z"
 
 def entry(guid: str, link: str | None = None, title: str = "t", **kw) -> ParsedEntry:
     fields = dict(guid=guid, link=link, title=title, author=None, published=None, updated=None, summary=None, content=None)
-    return ParsedEntry(**{**fields, **kw})
+    return keyed(ParsedEntry(**{**fields, **kw}))
 
 
 def feed(*entries: ParsedEntry, title: str = "Feed") -> ParsedFeed:

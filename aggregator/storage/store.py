@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from ..dedup import Candidate, Match, dedup_key, match_url
+from ..dedup import Candidate, Match, match_url
 from ..exceptions import StorageError
 from ..types import FeedConfig, FeedState, FetchResult, ParsedEntry, ParsedFeed
 from .schema import migrations
@@ -72,11 +72,6 @@ class EntryRow:
 
 _ENTRY_COLUMNS = ", ".join(f"e.{f.name}" for f in fields(EntryRow) if not f.name.startswith("feed_") or f.name == "feed_url")
 _FEED_COLUMNS = ", ".join(f.name for f in fields(FeedRow))
-
-
-def content_hash(entry: ParsedEntry) -> str:
-    parts = (entry.title, entry.link, entry.author, entry.published, entry.updated, entry.summary, entry.content)
-    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
 
 
 class Store:
@@ -196,16 +191,17 @@ class Store:
 
     def _upsert_entries(self, db: Database, feed_url: str, entries: Sequence[ParsedEntry], now: str) -> StoreCounts:
         existing = self._existing(db, feed_url, [e.guid for e in entries])
+        fresh = [e for e in entries if e.guid not in existing]
+        candidates = self._candidates(db, {e.url for e in fresh if e.url})
         new = updated = duplicates = 0
         for entry in reversed(entries):
-            digest = content_hash(entry)
             known = existing.get(entry.guid)
             if known is None:
-                match = self._insert(db, feed_url, entry, digest, now)
+                match = self._insert(db, feed_url, entry, now, candidates)
                 new += 1
                 duplicates += match is not None
-            elif known[1] != digest:
-                self._update(db, known[0], entry, digest, now)
+            elif known[1] != entry.content_hash:
+                self._update(db, known[0], entry, now)
                 updated += 1
         return StoreCounts(new=new, updated=updated, duplicates=duplicates)
 
@@ -220,48 +216,56 @@ class Store:
             found.update((guid, (entry_id, digest)) for guid, entry_id, digest in rows)
         return found
 
-    def _candidates(self, db: Database, key: str | None) -> list[Candidate]:
-        if key is None:
-            return []
-        rows = db.execute("SELECT id, duplicate_of FROM entries WHERE url = ? ORDER BY id LIMIT 16", [key])
-        return [Candidate(id=row[0], duplicate_of=row[1]) for row in rows]
+    def _candidates(self, db: Database, keys: set[str]) -> dict[str, list[Candidate]]:
+        """Stored entries sharing each canonical URL, oldest first."""
+        found: dict[str, list[Candidate]] = {key: [] for key in keys}
+        for chunk in _chunks(sorted(keys)):
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(f"SELECT url, id, duplicate_of FROM entries WHERE url IN ({marks}) ORDER BY id", chunk)
+            for key, entry_id, duplicate_of in rows:
+                found[key].append(Candidate(id=entry_id, duplicate_of=duplicate_of))
+        return found
 
-    def _insert(self, db: Database, feed_url: str, entry: ParsedEntry, digest: str, now: str) -> Match | None:
-        key = dedup_key(entry)
-        match = match_url(self._candidates(db, key))
-        db.execute(
+    def _insert(
+        self, db: Database, feed_url: str, entry: ParsedEntry, now: str, candidates: dict[str, list[Candidate]]
+    ) -> Match | None:
+        match = match_url(candidates.get(entry.url, [])) if entry.url else None
+        cursor = db.execute(
             """
             INSERT INTO entries (feed_url, guid, url, link, title, author, published, updated, summary,
                 content, language, first_seen, content_hash, duplicate_of, duplicate_rule)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             [
-                feed_url, entry.guid, key, entry.link, entry.title, entry.author, entry.published,
-                entry.updated, entry.summary, entry.content, entry.language, now, digest,
+                feed_url, entry.guid, entry.url, entry.link, entry.title, entry.author, entry.published,
+                entry.updated, entry.summary, entry.content, entry.language, now, entry.content_hash,
                 match.original_id if match else None, match.rule if match else None,
             ],
         )
+        if entry.url:
+            candidates[entry.url].append(
+                Candidate(id=cursor.lastrowid, duplicate_of=match.original_id if match else None)
+            )
         return match
 
-    def _update(self, db: Database, entry_id: int, entry: ParsedEntry, digest: str, now: str) -> None:
-        key = dedup_key(entry)
+    def _update(self, db: Database, entry_id: int, entry: ParsedEntry, now: str) -> None:
         db.execute(
             """
             UPDATE entries SET url = ?, link = ?, title = ?, author = ?, published = ?, updated = ?,
                 summary = ?, content = ?, language = coalesce(?, language), changed_at = ?, content_hash = ?
             WHERE id = ?
             """,
-            [key, entry.link, entry.title, entry.author, entry.published, entry.updated,
-             entry.summary, entry.content, entry.language, now, digest, entry_id],
+            [entry.url, entry.link, entry.title, entry.author, entry.published, entry.updated,
+             entry.summary, entry.content, entry.language, now, entry.content_hash, entry_id],
         )
-        self._reevaluate(db, entry_id, key)
+        self._reevaluate(db, entry_id, entry.url)
 
     def _reevaluate(self, db: Database, entry_id: int, key: str | None) -> None:
         """An edited entry may now match an earlier story; it and its members then join that story."""
         row = db.execute("SELECT duplicate_of FROM entries WHERE id = ?", [entry_id]).fetchone()
         if row is None or row[0] is not None:
             return
-        match = match_url(self._candidates(db, key), own_id=entry_id)
+        match = match_url(self._candidates(db, {key}).get(key, []) if key else [], own_id=entry_id)
         if match is None:
             return
         db.execute(
