@@ -17,6 +17,7 @@ from .fetch import Fetcher, FetchSettings
 from .generate import write_outputs
 from .storage import Store
 from .storage.store import body_hash
+from .schedule import next_poll, retry_after
 from .timeutil import iso, later, utcnow
 from .types import Config, FeedConfig, FeedState, FetchResult, PollResult
 from .workers import WorkerPool
@@ -131,12 +132,12 @@ async def poll_feed(context: PollContext, feed: FeedConfig, state: FeedState) ->
         )
         outcome = await _store_result(context, feed, state, result)
     except FeedError as e:
-        outcome = _record_failure(context, feed, e, getattr(e, "status", None))
+        outcome = _record_failure(context, feed, e, getattr(e, "status", None), getattr(e, "retry_after", None))
     except StorageError:
         raise
     except Exception as e:  # noqa: BLE001 - one feed's bug must not stop the pass
         log.exception("unexpected error polling %s", feed.url)
-        outcome = _record_failure(context, feed, e, None)
+        outcome = _record_failure(context, feed, e, None, None)
     log.info("polled %s: %s", feed.url, outcome.error or outcome.status)
     return PollResult(**{**asdict(outcome), "seconds": round(time.monotonic() - started, 3)})
 
@@ -164,10 +165,11 @@ async def _store_result(
     )
 
 
-def _record_failure(context: PollContext, feed: FeedConfig, error: Exception, status: int | None) -> PollResult:
+def _record_failure(
+    context: PollContext, feed: FeedConfig, error: Exception, status: int | None, wait: str | None
+) -> PollResult:
     now = utcnow()
     message = str(error) or type(error).__name__
-    context.store.record_error(
-        feed.url, error=message, status=status, now=iso(now), next_poll_at=later(now, feed.interval)
-    )
+    due = next_poll(now, feed.interval, not_before=retry_after(wait, now))
+    context.store.record_error(feed.url, error=message, status=status, now=iso(now), next_poll_at=iso(due))
     return PollResult(url=feed.url, status="error", http_status=status, error=message)

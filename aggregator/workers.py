@@ -1,18 +1,37 @@
-"""A process pool for CPU-bound stages (parsing), so they use every core and never stall the event loop."""
+"""A process pool for the CPU-bound stages (feed parsing, article extraction).
+
+They use every core and never stall the event loop. Each task has a time
+limit: a page that makes a worker hang or crash costs that task alone, the
+worker is replaced and the pass goes on (pebble kills and restarts it).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
+from pebble import ProcessExpired, ProcessPool
+
+from .extract import Article, extract_article
 from .parse import parse_feed
 from .types import ParsedFeed
 
 T = TypeVar("T")
+
+PARSE_TIME_LIMIT = 60.0
+EXTRACT_TIME_LIMIT = 30.0
+
+
+class TaskTimedOut(Exception):
+    """A task ran past its time limit; its worker was stopped."""
+
+
+class WorkerCrashed(Exception):
+    """A worker process died while running a task."""
 
 
 def default_workers() -> int:
@@ -23,31 +42,44 @@ def default_workers() -> int:
 
 
 class WorkerPool:
-    """Runs pure functions in worker processes; ``workers=0`` runs them inline."""
+    """Runs pure functions in worker processes; ``workers=0`` runs them inline (no time limit)."""
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = default_workers() if workers is None else workers
-        self._executor: ProcessPoolExecutor | None = None
+        self._pool: ProcessPool | None = None
 
-    def _pool(self) -> ProcessPoolExecutor:
-        if self._executor is None:
+    def _processes(self) -> ProcessPool:
+        if self._pool is None:
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["aggregator.parse"])
-            self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
-        return self._executor
+            context.set_forkserver_preload(["aggregator.workers"])
+            self._pool = ProcessPool(max_workers=self.workers, context=context)
+        return self._pool
 
-    async def run(self, func: Callable[..., T], *args: object) -> T:
+    async def run(self, func: Callable[..., T], *args: object, time_limit: float) -> T:
         if self.workers == 0:
             return func(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._pool(), func, *args)
+        future = self._processes().schedule(func, args=args, timeout=time_limit)
+        try:
+            return await asyncio.wrap_future(future)
+        except concurrent.futures.TimeoutError as e:
+            raise TaskTimedOut(f"gave up after the {time_limit:g}s time limit") from e
+        except ProcessExpired as e:
+            raise WorkerCrashed(f"the worker process died (exit code {e.exitcode})") from e
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
 
     async def parse(self, body: bytes, url: str, headers: Mapping[str, str]) -> ParsedFeed:
-        return await self.run(parse_feed, body, url, dict(headers))
+        return await self.run(parse_feed, body, url, dict(headers), time_limit=PARSE_TIME_LIMIT)
+
+    async def extract(self, body: bytes, url: str, content_type: str | None, time_limit: float) -> Article:
+        return await self.run(extract_article, body, url, content_type, time_limit=time_limit)
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool.join(timeout=10)
+            self._pool = None
 
     def __enter__(self) -> WorkerPool:
         return self

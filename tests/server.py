@@ -366,6 +366,7 @@ def _with_custom_headers(response: Response, headers: Mapping[str, str]) -> Resp
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128
 
     def __init__(self, fixture: FixtureServer) -> None:
         self.fixture = fixture

@@ -168,7 +168,9 @@ class Store:
             """
             UPDATE feeds SET
                 title = coalesce(?, title), site_url = coalesce(?, site_url), language = coalesce(?, language),
-                etag = ?, last_modified = ?, body_hash = coalesce(?, body_hash),
+                etag = CASE WHEN ? = 304 THEN coalesce(?, etag) ELSE ? END,
+                last_modified = CASE WHEN ? = 304 THEN coalesce(?, last_modified) ELSE ? END,
+                body_hash = coalesce(?, body_hash),
                 last_polled_at = ?, last_success_at = ?, last_status = ?, last_error = NULL,
                 last_warning = ?, error_count = 0, next_poll_at = ?,
                 moved_to = coalesce(?, moved_to)
@@ -178,8 +180,8 @@ class Store:
                 parsed.title if parsed else None,
                 parsed.site_url if parsed else None,
                 parsed.language if parsed else None,
-                headers.get("etag"),
-                headers.get("last-modified"),
+                result.status, headers.get("etag"), headers.get("etag"),
+                result.status, headers.get("last-modified"), headers.get("last-modified"),
                 body_hash(result.body) if result.body else None,
                 now, now, result.status,
                 parsed.warning if parsed else None,
