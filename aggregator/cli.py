@@ -18,9 +18,10 @@ from .config import load_config, resolve_config_path
 from .exceptions import AggregatorError, ConfigError, StorageError
 from .generate import write_outputs
 from .pipeline import PassSummary, poll_feeds, select_feeds
+from .progress import terminal_progress
 from .stats import collect, render_text
 from .storage import Store
-from .types import Config, PollResult
+from .types import Config
 
 
 class UsageFailure(click.ClickException):
@@ -83,7 +84,7 @@ def poll(config_path: str | None, feed_urls: tuple[str, ...], as_json: bool) -> 
     with failures():
         config = open_config(config_path)
         feeds = select_feeds(config, feed_urls)
-        with Store.open(config.database) as store, _progress(len(feeds), enabled=not as_json) as progress:
+        with Store.open(config.database) as store, terminal_progress(len(feeds), enabled=not as_json) as progress:
             summary = asyncio.run(poll_feeds(config, store, feeds, progress))
     _report(summary, as_json)
 
@@ -100,33 +101,6 @@ def _report(summary: PassSummary, as_json: bool) -> None:
             click.echo(f"  moved: {result.url} now lives at {result.moved_to}; update feeds.toml", err=True)
         if result.warning:
             click.echo(f"  warning: {result.url}: {result.warning}", err=True)
-
-
-@contextmanager
-def _progress(total: int, *, enabled: bool) -> Iterator[Callable[[PollResult], None] | None]:
-    if not enabled or not sys.stderr.isatty() or total == 0:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[failed]} failed"))
-    with Progress(*columns, transient=True, console=_stderr_console()) as bar:
-        task = bar.add_task("feeds", total=total, failed=0)
-        failed = 0
-
-        def advance(result: PollResult) -> None:
-            nonlocal failed
-            failed += not result.ok
-            bar.update(task, advance=1, failed=failed)
-
-        yield advance
-
-
-def _stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
 
 
 @main.command()

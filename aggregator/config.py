@@ -28,7 +28,7 @@ _OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TOP_KEYS = {"aggregator", "server", "outputs", "feeds"}
 _AGGREGATOR_KEYS = {
     "database", "output_dir", "interval", "concurrency", "timeout", "full_text",
-    "allow_private_addresses", "user_agent",
+    "allow_private_addresses", "user_agent", "host_concurrency", "extract_timeout",
 }
 _SERVER_KEYS = {"host", "port", "base_url"}
 _OUTPUT_KEYS = {"name", "title", "max_entries", "tags"}
@@ -111,6 +111,8 @@ class _Checker:
                 section, "allow_private_addresses", "aggregator.allow_private_addresses", False
             ),
             user_agent=self._user_agent(section),
+            host_concurrency=self._int(section, "host_concurrency", "aggregator.host_concurrency", 2, 1, 64),
+            extract_timeout=self._duration(section, "extract_timeout", "aggregator.extract_timeout", 30.0),
             server=self._server(self._table(raw, "server")),
             outputs=self._outputs(raw.get("outputs")),
             feeds=self._feeds(raw.get("feeds"), interval, full_text),

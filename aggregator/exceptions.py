@@ -4,7 +4,9 @@
     ├── ConfigError          the configuration file is missing or invalid
     ├── StorageError         the SQLite store cannot be opened, migrated or written
     └── FeedError(url)       something went wrong with one feed
-        ├── FetchError       network, HTTP status, size cap, refused address
+        ├── FetchError       network, HTTP status, refused address
+        │   ├── RefusedAddressError   the address is private, loopback or link-local
+        │   └── TooLargeError         the body is over the size cap
         └── ParseError       the response is not a feed
 
 Lower-level errors are wrapped at the edge with ``raise ... from e``.
@@ -53,6 +55,10 @@ class FetchError(FeedError):
 
 class RefusedAddressError(FetchError):
     """The resource resolves to an address that fetching is not allowed to reach."""
+
+
+class TooLargeError(FetchError):
+    """The response body is larger than the cap allows."""
 
 
 class ParseError(FeedError):

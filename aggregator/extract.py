@@ -23,20 +23,30 @@ _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]
 _HEADER_CHARSET = re.compile(r"""charset\s*=\s*["']?([A-Za-z0-9._:-]+)""", re.IGNORECASE)
 _HTML_LANG = re.compile(rb"""<html[^>]*\slang\s*=\s*["']?([A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*)""", re.IGNORECASE)
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
-_WHATWG_ALIASES = {"iso-8859-1": "cp1252", "latin-1": "cp1252", "latin1": "cp1252", "ascii": "cp1252", "us-ascii": "cp1252"}
+_WHATWG_ALIASES = {
+    **dict.fromkeys(("iso-8859-1", "latin-1", "latin1", "ascii", "us-ascii"), "cp1252"),
+    **dict.fromkeys(("shift_jis", "shift-jis", "sjis", "x-sjis", "ms_kanji", "csshiftjis", "windows-31j"), "cp932"),
+}
+_NOT_FOR_PAGES = {"undefined", "idna", "punycode", "unicode_escape", "raw_unicode_escape", "utf-7"}
 _BLOCKS = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "li", "blockquote", "pre", "dt", "dd", "figcaption", "td", "th"}
 _SPACE = re.compile(r"[ \t\r\f\v]*\n[ \t\r\f\v]*|[ \t\r\f\v]{2,}")
 
-PRUNE_XPATH = [
-    "//*[contains(concat(' ', normalize-space(@class), ' '), ' ad ')]",
-    "//*[contains(@class, 'advert') or contains(@class, 'anzeige') or contains(@id, 'advert')]",
-    "//*[contains(@class, 'sponsor') or contains(@class, 'promo') or contains(@class, 'newsletter')]",
-    "//*[contains(@class, 'cookie') or contains(@id, 'cookie') or contains(@class, 'consent') or contains(@id, 'consent')]",
-    "//*[contains(@class, 'related') or contains(@class, 'recommend') or contains(@class, 'teaser-list')]",
-    "//*[contains(@class, 'share') or contains(@class, 'social')]",
-    "//*[@role='complementary' or @role='navigation' or @aria-hidden='true']",
-    "//aside | //nav | //footer | //form",
+_NOT_A_CONTAINER = "[not(self::html or self::body or self::main or self::article)][not(.//h1 or .//article or .//main)]"
+_BOILERPLATE = [
+    "contains(concat(' ', normalize-space(@class), ' '), ' ad ')",
+    "contains(@class, 'advert') or contains(@class, 'anzeige') or contains(@id, 'advert')",
+    "contains(@class, 'sponsor') or contains(@class, 'promo') or contains(@class, 'newsletter')",
+    "contains(@class, 'cookie') or contains(@id, 'cookie') or contains(@class, 'consent') or contains(@id, 'consent')",
+    "contains(@class, 'related') or contains(@class, 'recommend') or contains(@class, 'teaser-list')",
+    "contains(@class, 'read-more') or contains(@class, 'readmore')",
+    "contains(@class, 'share') or contains(@class, 'social')",
+    "@role='complementary' or @role='navigation' or @aria-hidden='true'",
+    "self::aside or self::nav or self::footer or self::form or self::noscript",
 ]
+PRUNE_XPATH = [f"//*[{test}]{_NOT_A_CONTAINER}" for test in _BOILERPLATE] + [
+    f"//*[self::td or self::div][.//ul/li/a][not(.//p[string-length(normalize-space()) > 80])]{_NOT_A_CONTAINER}",
+]
+MIN_TEXT_CHARS = 100
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,19 @@ class ExtractionFailed(Exception):
     """The page yielded no article; the message says why, in words."""
 
 
+def not_html(content_type: str | None, body: bytes) -> str | None:
+    """Why a response is not an HTML page, or None when it is one."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media in ("text/html", "application/xhtml+xml"):
+        return None
+    if media and media not in ("application/octet-stream", "text/plain"):
+        return f"not HTML ({media})"
+    head = body[:1024].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head or b"<body" in head:
+        return None
+    return f"not HTML ({media or 'no content type'})"
+
+
 def decode_html(body: bytes, content_type: str | None = None) -> str:
     """The page as text, charset from BOM, header, ``<meta>``, else detection."""
     for bom, encoding in _BOMS:
@@ -64,8 +87,18 @@ def decode_html(body: bytes, content_type: str | None = None) -> str:
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
-        best = charset_normalizer.from_bytes(body[:65536]).best()
-        return body.decode(best.encoding if best else "cp1252", errors="replace")
+        return body.decode(_detect(body), errors="replace")
+
+
+def _detect(body: bytes) -> str:
+    """The likeliest encoding; windows-1252 wins a tie, being by far the most common on the web."""
+    matches = charset_normalizer.from_bytes(body[:65536])
+    best = matches.best()
+    if best is None:
+        return "cp1252"
+    if any(m.encoding == "cp1252" and m.chaos <= best.chaos for m in matches):
+        return "cp1252"
+    return best.encoding
 
 
 def _header_charset(content_type: str | None) -> str | None:
@@ -75,15 +108,20 @@ def _header_charset(content_type: str | None) -> str | None:
 
 def _meta_charset(head: bytes) -> str | None:
     match = _META_CHARSET.search(head)
-    return _known_codec(match.group(1).decode("ascii", errors="ignore")) if match else None
+    codec = _known_codec(match.group(1).decode("ascii", errors="ignore")) if match else None
+    return "utf-8" if codec and codec.startswith("utf-16") else codec
 
 
 def _known_codec(name: str) -> str | None:
+    """A text encoding Python knows by that label, or None (``rot13``, ``base64`` and the like are refused)."""
     name = _WHATWG_ALIASES.get(name.strip().lower(), name.strip().lower())
     try:
-        return codecs.lookup(name).name
+        info = codecs.lookup(name)
     except LookupError:
         return None
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_FOR_PAGES:
+        return None
+    return info.name
 
 
 def extract_article(body: bytes, url: str, content_type: str | None = None) -> Article:
@@ -98,8 +136,8 @@ def extract_article(body: bytes, url: str, content_type: str | None = None) -> A
         raise ExtractionFailed("no article found in the page")
     markup = sanitize_html(build_html_output(document, False), url)
     text = _plain_text(markup)
-    if not markup or not text:
-        raise ExtractionFailed("the extracted article is empty")
+    if not markup or len(text) < MIN_TEXT_CHARS:
+        raise ExtractionFailed(f"the extracted article is empty or too short ({len(text)} characters)")
     return Article(
         text=text,
         html=markup,

@@ -21,11 +21,13 @@ import certifi
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from .exceptions import FetchError, RefusedAddressError
+from .exceptions import FetchError, RefusedAddressError, TooLargeError
 from .netguard import refusal
 from .types import FetchResult
 
 FEED_MAX_BYTES = 10 * 1024 * 1024
+PAGE_MAX_BYTES = 5 * 1024 * 1024
+PAGE_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.1"
 MAX_REDIRECTS = 5
 FEED_ACCEPT = (
     "application/atom+xml, application/rss+xml, application/rdf+xml;q=0.9, "
@@ -194,13 +196,13 @@ class Fetcher:
 async def _read_capped(url: str, response: httpx.Response, max_bytes: int) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise FetchError(url, f"response too large: {int(declared):,} bytes (limit {max_bytes:,})")
+        raise TooLargeError(url, f"response too large: {int(declared):,} bytes (limit {max_bytes:,})")
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > max_bytes:
-            raise FetchError(url, f"response too large: over {max_bytes:,} bytes")
+            raise TooLargeError(url, f"response too large: over {max_bytes:,} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -1,7 +1,9 @@
-"""One poll pass: fetch → parse → dedup/store for every feed, then regenerate the outputs.
+"""One poll pass: fetch → parse → dedup/store for every feed, full-text articles, then the outputs.
 
 ``poll_feed`` is the one orchestrator of a feed; it records each feed's error
-and moves on, so a broken feed never stops the others.
+and moves on, so a broken feed never stops the others. Article jobs start as
+soon as their feed is stored, so pages are fetched and extracted while other
+feeds are still being polled.
 """
 
 from __future__ import annotations
@@ -9,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
-from .exceptions import FeedError, StorageError
+from .articles import ArticleSettings, ArticleStage
+from .exceptions import ConfigError, FeedError, StorageError
 from .fetch import Fetcher, FetchSettings
 from .generate import write_outputs
-from .storage import Store
-from .storage.store import body_hash
 from .schedule import next_poll, retry_after
+from .storage import Store
+from .storage.articles import ArticleOutcome
+from .storage.store import body_hash
 from .timeutil import iso, later, utcnow
 from .types import Config, FeedConfig, FeedState, FetchResult, PollResult
 from .workers import WorkerPool
@@ -26,7 +32,13 @@ log = logging.getLogger(__name__)
 
 INLINE_PARSE_BELOW = 4
 
-Progress = Callable[[PollResult], None]
+
+class PassProgress(Protocol):
+    def feed_done(self, result: PollResult) -> None: ...
+
+    def articles_queued(self, count: int) -> None: ...
+
+    def article_done(self, outcome: ArticleOutcome) -> None: ...
 
 
 @dataclass
@@ -35,11 +47,14 @@ class PollContext:
     store: Store
     fetcher: Fetcher
     pool: WorkerPool
+    articles: ArticleStage
+    inline_parse: bool = False
 
 
 @dataclass
 class PassSummary:
     results: list[PollResult] = field(default_factory=list)
+    articles: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
     def count(self, status: str) -> int:
@@ -54,12 +69,16 @@ class PassSummary:
 
     def line(self) -> str:
         feeds = len(self.results)
-        return (
+        text = (
             f"polled {feeds} feed{'s' if feeds != 1 else ''} in {self.seconds:.1f}s: "
             f"{self.count('ok')} updated, {self.count('not_modified')} not modified, "
             f"{len(self.failed)} failed; {self.total('new')} new entries, "
             f"{self.total('updated')} changed, {self.total('duplicates')} duplicates"
         )
+        if self.articles:
+            done = ", ".join(f"{count} {status}" for status, count in sorted(self.articles.items()))
+            text += f"; articles: {done}"
+        return text
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -70,6 +89,7 @@ class PassSummary:
             "new": self.total("new"),
             "updated": self.total("updated"),
             "duplicates": self.total("duplicates"),
+            "articles": dict(self.articles),
             "seconds": round(self.seconds, 3),
             "results": [asdict(r) for r in self.results],
         }
@@ -81,8 +101,6 @@ def select_feeds(config: Config, only: Sequence[str] = ()) -> list[FeedConfig]:
     by_url = {feed.url: feed for feed in config.feeds}
     unknown = [url for url in only if url not in by_url]
     if unknown:
-        from .exceptions import ConfigError
-
         raise ConfigError(f"{config.path}: not a configured feed: {', '.join(unknown)}")
     return [by_url[url] for url in dict.fromkeys(only)]
 
@@ -96,18 +114,25 @@ def fetch_settings(config: Config) -> FetchSettings:
     )
 
 
+def article_settings(config: Config) -> ArticleSettings:
+    return ArticleSettings(
+        concurrency=config.concurrency, per_host=config.host_concurrency, time_limit=config.extract_timeout
+    )
+
+
 async def poll_feeds(
-    config: Config, store: Store, feeds: Sequence[FeedConfig], progress: Progress | None = None
+    config: Config, store: Store, feeds: Sequence[FeedConfig], progress: PassProgress | None = None
 ) -> PassSummary:
-    """Poll ``feeds`` now, ``config.concurrency`` at a time, then rewrite every output."""
+    """Poll ``feeds`` now, ``config.concurrency`` at a time, extract their new articles, rewrite every output."""
     started = time.monotonic()
     store.sync_feeds(config.feeds, iso(utcnow()))
     states = store.feed_states(feed.url for feed in feeds)
-    workers = 0 if len(feeds) < INLINE_PARSE_BELOW else None
     summary = PassSummary()
-    with WorkerPool(workers) as pool:
+    with WorkerPool() as pool:
         async with Fetcher(fetch_settings(config)) as fetcher:
-            context = PollContext(config, store, fetcher, pool)
+            articles = ArticleStage(store, fetcher, pool, article_settings(config), progress)
+            context = PollContext(config, store, fetcher, pool, articles, len(feeds) < INLINE_PARSE_BELOW)
+            articles.submit(store.articles.due([f.url for f in feeds if f.full_text], iso(utcnow())))
             limit = asyncio.Semaphore(config.concurrency)
 
             async def one(feed: FeedConfig) -> None:
@@ -115,9 +140,13 @@ async def poll_feeds(
                     result = await poll_feed(context, feed, states.get(feed.url, FeedState(feed.url)))
                 summary.results.append(result)
                 if progress:
-                    progress(result)
+                    progress.feed_done(result)
 
-            await asyncio.gather(*(one(feed) for feed in feeds))
+            try:
+                await asyncio.gather(*(one(feed) for feed in feeds))
+                summary.articles = await articles.drain()
+            finally:
+                articles.flush()
     write_outputs(config, store)
     summary.seconds = time.monotonic() - started
     return summary
@@ -125,7 +154,6 @@ async def poll_feeds(
 
 async def poll_feed(context: PollContext, feed: FeedConfig, state: FeedState) -> PollResult:
     started = time.monotonic()
-    now = utcnow()
     try:
         result = await context.fetcher.fetch(
             state.moved_to or feed.url, etag=state.etag, last_modified=state.last_modified
@@ -146,13 +174,16 @@ async def _store_result(
     context: PollContext, feed: FeedConfig, state: FeedState, result: FetchResult
 ) -> PollResult:
     now = utcnow()
-    next_poll = later(now, feed.interval)
+    next_poll_at = later(now, feed.interval)
     moved = result.permanent_redirect
     if result.not_modified or (state.body_hash and body_hash(result.body) == state.body_hash):
-        context.store.record_unchanged(feed.url, result, now=iso(now), next_poll_at=next_poll)
+        context.store.record_unchanged(feed.url, result, now=iso(now), next_poll_at=next_poll_at)
         return PollResult(url=feed.url, status="not_modified", http_status=result.status, moved_to=moved)
-    parsed = await context.pool.parse(result.body, result.final_url, result.headers)
-    counts = context.store.store_feed(feed.url, parsed, result, now=iso(utcnow()), next_poll_at=next_poll)
+    parsed = await context.pool.parse(result.body, result.final_url, result.headers, inline=context.inline_parse)
+    counts = context.store.store_feed(
+        feed.url, parsed, result, now=iso(utcnow()), next_poll_at=next_poll_at, full_text=feed.full_text
+    )
+    context.articles.submit(counts.jobs)
     return PollResult(
         url=feed.url,
         status="ok",

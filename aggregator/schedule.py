@@ -29,3 +29,14 @@ def next_poll(now: datetime, interval: float, *, not_before: datetime | None = N
     """The feed's interval from now, and never earlier than ``not_before``."""
     due = now + timedelta(seconds=interval)
     return max(due, not_before) if not_before else due
+
+
+ARTICLE_RETRY_BASE = timedelta(minutes=15)
+ARTICLE_RETRY_CAP = timedelta(days=1)
+
+
+def article_retry_at(attempts: int, now: datetime, *, max_attempts: int) -> datetime | None:
+    """When a failed extraction is tried again (15 min, 1 h, 4 h, 16 h, ...), None after the last attempt."""
+    if attempts >= max_attempts:
+        return None
+    return now + min(ARTICLE_RETRY_BASE * 4 ** max(attempts - 1, 0), ARTICLE_RETRY_CAP)

@@ -30,6 +30,8 @@ class Stats:
     duplicates: int
     failing_feeds: int
     last_poll_at: str | None
+    articles: dict[str, int]
+    article_problems: tuple[tuple[str, str, int], ...]
     feed_details: tuple[FeedStats, ...]
 
     def as_dict(self) -> dict[str, object]:
@@ -63,6 +65,8 @@ def collect(store: Store) -> Stats:
         duplicates=duplicates,
         failing_feeds=sum(1 for d in details if d.last_error),
         last_poll_at=max((d.last_polled_at for d in details if d.last_polled_at), default=None),
+        articles=store.articles.summary(),
+        article_problems=tuple(tuple(row) for row in store.articles.reasons()),
         feed_details=details,
     )
 
@@ -72,8 +76,13 @@ def render_text(stats: Stats) -> str:
         f"feeds: {stats.feeds} ({stats.failing_feeds} failing)",
         f"entries: {stats.entries} ({stats.stories} stories, {stats.duplicates} duplicates)",
         f"last poll: {stats.last_poll_at or 'never'}",
-        "",
     ]
+    if stats.articles:
+        states = ", ".join(f"{count} {state}" for state, count in sorted(stats.articles.items()))
+        lines.append(f"articles: {states}")
+        for state, reason, count in stats.article_problems:
+            lines.append(f"  {count:>6} {state}: {reason}")
+    lines.append("")
     for feed in stats.feed_details:
         state = "never polled" if not feed.last_polled_at else ("ok" if not feed.last_error else "FAILING")
         lines.append(f"{state:<12} {feed.entries:>6} entries  {feed.name}  <{feed.url}>")

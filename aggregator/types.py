@@ -49,6 +49,8 @@ class Config:
     full_text: bool = True
     allow_private_addresses: bool = False
     user_agent: str = ""
+    host_concurrency: int = 2
+    extract_timeout: float = 30.0
     server: ServerConfig = field(default_factory=ServerConfig)
     outputs: tuple[OutputConfig, ...] = (OutputConfig(),)
     feeds: tuple[FeedConfig, ...] = ()
@@ -103,6 +105,16 @@ class ParsedFeed:
     language: str | None
     entries: tuple[ParsedEntry, ...]
     warning: str | None = None
+
+
+@dataclass(frozen=True)
+class ArticleJob:
+    """An entry whose page is to be fetched and its article extracted."""
+
+    entry_id: int
+    feed_url: str
+    url: str
+    attempts: int = 0
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,15 @@ import concurrent.futures
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
 
-from .extract import Article, extract_article
 from .parse import parse_feed
 from .types import ParsedFeed
+
+if TYPE_CHECKING:
+    from .extract import Article
 
 T = TypeVar("T")
 
@@ -34,6 +36,12 @@ class WorkerCrashed(Exception):
     """A worker process died while running a task."""
 
 
+def _extract(body: bytes, url: str, content_type: str | None) -> Article:
+    from .extract import extract_article
+
+    return extract_article(body, url, content_type)
+
+
 def default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -42,10 +50,10 @@ def default_workers() -> int:
 
 
 class WorkerPool:
-    """Runs pure functions in worker processes; ``workers=0`` runs them inline (no time limit)."""
+    """Runs pure functions in worker processes, started on first use; ``inline`` runs one in this process."""
 
     def __init__(self, workers: int | None = None) -> None:
-        self.workers = default_workers() if workers is None else workers
+        self.workers = workers or default_workers()
         self._pool: ProcessPool | None = None
 
     def _processes(self) -> ProcessPool:
@@ -55,8 +63,8 @@ class WorkerPool:
             self._pool = ProcessPool(max_workers=self.workers, context=context)
         return self._pool
 
-    async def run(self, func: Callable[..., T], *args: object, time_limit: float) -> T:
-        if self.workers == 0:
+    async def run(self, func: Callable[..., T], *args: object, time_limit: float, inline: bool = False) -> T:
+        if inline:
             return func(*args)
         future = self._processes().schedule(func, args=args, timeout=time_limit)
         try:
@@ -69,11 +77,11 @@ class WorkerPool:
             future.cancel()
             raise
 
-    async def parse(self, body: bytes, url: str, headers: Mapping[str, str]) -> ParsedFeed:
-        return await self.run(parse_feed, body, url, dict(headers), time_limit=PARSE_TIME_LIMIT)
+    async def parse(self, body: bytes, url: str, headers: Mapping[str, str], *, inline: bool = False) -> ParsedFeed:
+        return await self.run(parse_feed, body, url, dict(headers), time_limit=PARSE_TIME_LIMIT, inline=inline)
 
     async def extract(self, body: bytes, url: str, content_type: str | None, time_limit: float) -> Article:
-        return await self.run(extract_article, body, url, content_type, time_limit=time_limit)
+        return await self.run(_extract, body, url, content_type, time_limit=time_limit)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -64,3 +64,16 @@ def m001_feeds_and_entries(db: Database) -> None:
     db.execute("CREATE INDEX entries_duplicate_of ON entries(duplicate_of)")
     db.execute("CREATE INDEX entries_feed_published ON entries(feed_url, published)")
     db.execute("CREATE INDEX entries_published ON entries(published)")
+
+
+@migrations()
+def m002_article_extraction(db: Database) -> None:
+    for column, definition in (
+        ("extraction_status", "TEXT"),
+        ("extraction_error", "TEXT"),
+        ("extraction_attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("extraction_next_at", "TEXT"),
+        ("extracted_at", "TEXT"),
+    ):
+        db.execute(f"ALTER TABLE entries ADD COLUMN {column} {definition}")
+    db.execute("CREATE INDEX entries_extraction_due ON entries(extraction_status, extraction_next_at)")

@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from ..dedup import Candidate, Match, match_url
+from ..dedup import RULE_URL, Candidate, Match, match_url
 from ..exceptions import StorageError
-from ..types import FeedConfig, FeedState, FetchResult, ParsedEntry, ParsedFeed
+from ..types import ArticleJob, FeedConfig, FeedState, FetchResult, ParsedEntry, ParsedFeed
+from .articles import ArticleLedger
 from .schema import migrations
 
 BUSY_TIMEOUT_SECONDS = 30
@@ -26,6 +27,7 @@ class StoreCounts:
     new: int = 0
     updated: int = 0
     duplicates: int = 0
+    jobs: tuple[ArticleJob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class Store:
     def __init__(self, db: Database, path: Path) -> None:
         self.db = db
         self.path = path
+        self.articles = ArticleLedger(db, self._write)
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -152,11 +155,16 @@ class Store:
             self._record_success(db, url, result, None, now, next_poll_at)
 
     def store_feed(
-        self, url: str, parsed: ParsedFeed, result: FetchResult, *, now: str, next_poll_at: str
+        self, url: str, parsed: ParsedFeed, result: FetchResult, *, now: str, next_poll_at: str,
+        full_text: bool = False,
     ) -> StoreCounts:
-        """Upsert a feed's entries and its state in one transaction."""
+        """Upsert a feed's entries and its state in one transaction.
+
+        With ``full_text``, new and changed entries are queued for article
+        extraction; the jobs are returned.
+        """
         with self._write() as db:
-            counts = self._upsert_entries(db, url, parsed.entries, now)
+            counts = self._upsert_entries(db, url, parsed.entries, now, full_text)
             self._record_success(db, url, result, parsed, now, next_poll_at)
         return counts
 
@@ -191,21 +199,28 @@ class Store:
             ],
         )
 
-    def _upsert_entries(self, db: Database, feed_url: str, entries: Sequence[ParsedEntry], now: str) -> StoreCounts:
+    def _upsert_entries(
+        self, db: Database, feed_url: str, entries: Sequence[ParsedEntry], now: str, full_text: bool
+    ) -> StoreCounts:
         existing = self._existing(db, feed_url, [e.guid for e in entries])
         fresh = [e for e in entries if e.guid not in existing]
         candidates = self._candidates(db, {e.url for e in fresh if e.url})
         new = updated = duplicates = 0
+        jobs: list[ArticleJob] = []
         for entry in reversed(entries):
             known = existing.get(entry.guid)
             if known is None:
-                match = self._insert(db, feed_url, entry, now, candidates)
+                entry_id, match = self._insert(db, feed_url, entry, now, candidates, full_text)
                 new += 1
                 duplicates += match is not None
             elif known[1] != entry.content_hash:
-                self._update(db, known[0], entry, now)
+                entry_id, match = known[0], self._update(db, known[0], entry, now, full_text)
                 updated += 1
-        return StoreCounts(new=new, updated=updated, duplicates=duplicates)
+            else:
+                continue
+            if full_text and entry.link and match is None:
+                jobs.append(ArticleJob(entry_id=entry_id, feed_url=feed_url, url=entry.link))
+        return StoreCounts(new=new, updated=updated, duplicates=duplicates, jobs=tuple(jobs))
 
     def _existing(self, db: Database, feed_url: str, guids: list[str]) -> dict[str, tuple[int, str]]:
         found: dict[str, tuple[int, str]] = {}
@@ -229,28 +244,30 @@ class Store:
         return found
 
     def _insert(
-        self, db: Database, feed_url: str, entry: ParsedEntry, now: str, candidates: dict[str, list[Candidate]]
-    ) -> Match | None:
+        self, db: Database, feed_url: str, entry: ParsedEntry, now: str,
+        candidates: dict[str, list[Candidate]], full_text: bool,
+    ) -> tuple[int, Match | None]:
         match = match_url(candidates.get(entry.url, [])) if entry.url else None
+        status, reason = _extraction_state(entry, match, full_text)
         cursor = db.execute(
             """
             INSERT INTO entries (feed_url, guid, url, link, title, author, published, updated, summary,
-                content, language, first_seen, content_hash, duplicate_of, duplicate_rule)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                content, language, first_seen, content_hash, duplicate_of, duplicate_rule,
+                extraction_status, extraction_error)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             [
                 feed_url, entry.guid, entry.url, entry.link, entry.title, entry.author, entry.published,
                 entry.updated, entry.summary, entry.content, entry.language, now, entry.content_hash,
-                match.original_id if match else None, match.rule if match else None,
+                match.original_id if match else None, match.rule if match else None, status, reason,
             ],
         )
+        entry_id = int(cursor.lastrowid or 0)
         if entry.url:
-            candidates[entry.url].append(
-                Candidate(id=cursor.lastrowid, duplicate_of=match.original_id if match else None)
-            )
-        return match
+            candidates[entry.url].append(Candidate(id=entry_id, duplicate_of=match.original_id if match else None))
+        return entry_id, match
 
-    def _update(self, db: Database, entry_id: int, entry: ParsedEntry, now: str) -> None:
+    def _update(self, db: Database, entry_id: int, entry: ParsedEntry, now: str, full_text: bool) -> Match | None:
         db.execute(
             """
             UPDATE entries SET url = ?, link = ?, title = ?, author = ?, published = ?, updated = ?,
@@ -260,20 +277,32 @@ class Store:
             [entry.url, entry.link, entry.title, entry.author, entry.published, entry.updated,
              entry.summary, entry.content, entry.language, now, entry.content_hash, entry_id],
         )
-        self._reevaluate(db, entry_id, entry.url)
+        match = self._reevaluate(db, entry_id, entry.url)
+        if full_text:
+            status, reason = _extraction_state(entry, match, full_text)
+            db.execute(
+                """
+                UPDATE entries SET extraction_status = ?, extraction_error = ?, extraction_attempts = 0,
+                    extraction_next_at = NULL
+                WHERE id = ?
+                """,
+                [status, reason, entry_id],
+            )
+        return match
 
-    def _reevaluate(self, db: Database, entry_id: int, key: str | None) -> None:
+    def _reevaluate(self, db: Database, entry_id: int, key: str | None) -> Match | None:
         """An edited entry may now match an earlier story; it and its members then join that story."""
-        row = db.execute("SELECT duplicate_of FROM entries WHERE id = ?", [entry_id]).fetchone()
+        row = db.execute("SELECT duplicate_of, duplicate_rule FROM entries WHERE id = ?", [entry_id]).fetchone()
         if row is None or row[0] is not None:
-            return
+            return Match(original_id=row[0], rule=row[1]) if row else None
         match = match_url(self._candidates(db, {key}).get(key, []) if key else [], own_id=entry_id)
         if match is None:
-            return
+            return None
         db.execute(
             "UPDATE entries SET duplicate_of = ?, duplicate_rule = ? WHERE id = ? OR duplicate_of = ?",
             [match.original_id, match.rule, entry_id, entry_id],
         )
+        return match
 
     def entries_for_output(self, feed_urls: Sequence[str] | None, limit: int) -> list[EntryRow]:
         """Newest first, one entry per story: the earliest member among ``feed_urls``."""
@@ -305,6 +334,17 @@ class Store:
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         row = self.db.execute(sql, list(params)).fetchone()
         return row[0] if row else None
+
+
+def _extraction_state(entry: ParsedEntry, match: Match | None, full_text: bool) -> tuple[str | None, str | None]:
+    """Whether a stored entry's page is to be fetched: ``(status, reason)``."""
+    if not full_text:
+        return None, None
+    if not entry.link:
+        return "skipped", "the entry has no link"
+    if match is not None and match.rule == RULE_URL:
+        return "skipped", f"same page as entry {match.original_id}"
+    return "pending", None
 
 
 def body_hash(body: bytes) -> str:
