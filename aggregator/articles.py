@@ -120,7 +120,8 @@ class ArticleStage:
         if error.status in (429, 503):
             until = retry_after(error.retry_after, now) or now + DEFAULT_HOST_PAUSE
             self.gate.pause(host_of(job.url), until)
-            return _failed(job, str(error), now, not_before=until)
+            reason = f"{error}; the host asked for a pause until {until:%Y-%m-%d %H:%M:%S} UTC"
+            return ArticleOutcome(job.entry_id, "pending", reason, next_at=iso(until), counts_as_attempt=False)
         return _failed(job, str(error), now)
 
     async def _extract(self, job: ArticleJob, body: bytes, url: str, content_type: str | None) -> ArticleOutcome:
@@ -138,8 +139,6 @@ class ArticleStage:
         )
 
 
-def _failed(job: ArticleJob, reason: str, now: datetime, not_before: datetime | None = None) -> ArticleOutcome:
+def _failed(job: ArticleJob, reason: str, now: datetime) -> ArticleOutcome:
     retry = article_retry_at(job.attempts + 1, now, max_attempts=MAX_ATTEMPTS)
-    if retry is not None and not_before is not None:
-        retry = max(retry, not_before)
     return ArticleOutcome(job.entry_id, "failed", reason, next_at=iso(retry) if retry else None)

@@ -11,12 +11,6 @@ import codecs
 import re
 from dataclasses import dataclass
 
-import charset_normalizer
-import lxml.html
-import trafilatura
-from trafilatura.htmlprocessing import build_html_output
-from trafilatura.settings import Extractor
-
 from .sanitize import sanitize_html
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
@@ -92,6 +86,8 @@ def decode_html(body: bytes, content_type: str | None = None) -> str:
 
 def _detect(body: bytes) -> str:
     """The likeliest encoding; windows-1252 wins a tie, being by far the most common on the web."""
+    import charset_normalizer
+
     matches = charset_normalizer.from_bytes(body[:65536])
     best = matches.best()
     if best is None:
@@ -125,7 +121,14 @@ def _known_codec(name: str) -> str | None:
 
 
 def extract_article(body: bytes, url: str, content_type: str | None = None) -> Article:
-    """The article in a page: plain text (paragraphs separated by blank lines), safe HTML and metadata."""
+    """The article in a page: plain text (paragraphs separated by blank lines), safe HTML and metadata.
+
+    trafilatura is imported here, in the worker processes, to keep it out of the main process's memory.
+    """
+    import trafilatura
+    from trafilatura.htmlprocessing import build_html_output
+    from trafilatura.settings import Extractor
+
     page = decode_html(body, content_type)
     options = Extractor(
         output_format="python", comments=False, links=True, images=True, formatting=True,
@@ -149,6 +152,8 @@ def extract_article(body: bytes, url: str, content_type: str | None = None) -> A
 
 
 def _plain_text(markup: str | None) -> str:
+    import lxml.html
+
     if not markup:
         return ""
     root = lxml.html.fragment_fromstring(markup, create_parent="div")

@@ -195,6 +195,17 @@ def output_paths(config: Config, output: OutputConfig) -> dict[str, Path]:
     return {fmt: config.output_dir / f"{output.name}.{fmt}" for fmt in FORMATS}
 
 
+def outputs_current(config: Config) -> bool:
+    """Every output file exists and is newer than the configuration that shapes it."""
+    try:
+        since = config.path.stat().st_mtime
+        return all(
+            path.stat().st_mtime >= since for output in config.outputs for path in output_paths(config, output).values()
+        )
+    except OSError:
+        return False
+
+
 def write_outputs(config: Config, store: Store) -> list[Path]:
     """Render every configured output from the store; each file replaced atomically."""
     written: list[Path] = []

@@ -70,14 +70,15 @@ def _entries(raw_entries: list[Any], feed_url: str) -> tuple[ParsedEntry, ...]:
     for raw in raw_entries:
         if not raw:
             continue
-        entry = _entry(raw, feed_url)
+        entry = _entry(dict(raw), feed_url)
         if entry.guid not in seen:
             seen.add(entry.guid)
             entries.append(entry)
     return tuple(entries)
 
 
-def _entry(raw: Any, feed_url: str) -> ParsedEntry:
+def _entry(raw: dict[str, Any], feed_url: str) -> ParsedEntry:
+    """One entry from feedparser's (copied, plain) dict: no key aliasing, no deprecated fallbacks."""
     base = _base(raw, feed_url)
     link = absolute_url(raw.get("link"), base)
     title = _text(raw.get("title"), raw.get("title_detail"))
@@ -85,8 +86,8 @@ def _entry(raw: Any, feed_url: str) -> ParsedEntry:
     content = _content(raw.get("content"), base)
     if summary and summary == content:
         summary = None
-    updated = _date(dict.get(raw, "updated_parsed"))
-    published = _date(dict.get(raw, "published_parsed")) or updated
+    updated = _date(raw.get("updated_parsed"))
+    published = _date(raw.get("published_parsed")) or updated
     return keyed(ParsedEntry(
         guid=_guid(raw, link, title, published, summary or content),
         link=link,

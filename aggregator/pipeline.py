@@ -19,7 +19,7 @@ from typing import Protocol
 from .articles import ArticleSettings, ArticleStage
 from .exceptions import ConfigError, FeedError, StorageError
 from .fetch import Fetcher, FetchSettings
-from .generate import write_outputs
+from .generate import outputs_current, write_outputs
 from .schedule import next_poll, retry_after
 from .storage import Store
 from .storage.articles import ArticleOutcome
@@ -31,6 +31,7 @@ from .workers import WorkerPool
 log = logging.getLogger(__name__)
 
 INLINE_PARSE_BELOW = 4
+UNCHANGED_BATCH = 200
 
 
 class PassProgress(Protocol):
@@ -49,6 +50,18 @@ class PollContext:
     pool: WorkerPool
     articles: ArticleStage
     inline_parse: bool = False
+    unchanged: list[tuple[str, FetchResult, str, str]] = field(default_factory=list)
+
+    def record_unchanged(self, url: str, result: FetchResult, now: str, next_poll_at: str) -> None:
+        """Polls that brought nothing new only update feed state: they are written in batches."""
+        self.unchanged.append((url, result, now, next_poll_at))
+        if len(self.unchanged) >= UNCHANGED_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.unchanged:
+            batch, self.unchanged = self.unchanged, []
+            self.store.record_unchanged(batch)
 
 
 @dataclass
@@ -66,6 +79,11 @@ class PassSummary:
     @property
     def failed(self) -> list[PollResult]:
         return [r for r in self.results if not r.ok]
+
+    @property
+    def changed(self) -> bool:
+        """Whether the pass stored anything the merged feeds show."""
+        return bool(self.total("new") or self.total("updated") or self.articles.get("done"))
 
     def line(self) -> str:
         feeds = len(self.results)
@@ -146,8 +164,10 @@ async def poll_feeds(
                 await asyncio.gather(*(one(feed) for feed in feeds))
                 summary.articles = await articles.drain()
             finally:
+                context.flush()
                 articles.flush()
-    write_outputs(config, store)
+    if summary.changed or not outputs_current(config):
+        write_outputs(config, store)
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -177,7 +197,7 @@ async def _store_result(
     next_poll_at = later(now, feed.interval)
     moved = result.permanent_redirect
     if result.not_modified or (state.body_hash and body_hash(result.body) == state.body_hash):
-        context.store.record_unchanged(feed.url, result, now=iso(now), next_poll_at=next_poll_at)
+        context.record_unchanged(feed.url, result, iso(now), next_poll_at)
         return PollResult(url=feed.url, status="not_modified", http_status=result.status, moved_to=moved)
     parsed = await context.pool.parse(result.body, result.final_url, result.headers, inline=context.inline_parse)
     counts = context.store.store_feed(

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from .timeutil import utcnow
 
-MAX_WAIT_SECONDS = 60.0
+MAX_WAIT_SECONDS = 10.0
 
 
 class HostPaused(Exception):

@@ -12,15 +12,14 @@ import concurrent.futures
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from pebble import ProcessExpired, ProcessPool
 
 from .parse import parse_feed
 from .types import ParsedFeed
 
-if TYPE_CHECKING:
-    from .extract import Article
+from .extract import Article, extract_article
 
 T = TypeVar("T")
 
@@ -34,12 +33,6 @@ class TaskTimedOut(Exception):
 
 class WorkerCrashed(Exception):
     """A worker process died while running a task."""
-
-
-def _extract(body: bytes, url: str, content_type: str | None) -> Article:
-    from .extract import extract_article
-
-    return extract_article(body, url, content_type)
 
 
 def default_workers() -> int:
@@ -81,7 +74,7 @@ class WorkerPool:
         return await self.run(parse_feed, body, url, dict(headers), time_limit=PARSE_TIME_LIMIT, inline=inline)
 
     async def extract(self, body: bytes, url: str, content_type: str | None, time_limit: float) -> Article:
-        return await self.run(_extract, body, url, content_type, time_limit=time_limit)
+        return await self.run(extract_article, body, url, content_type, time_limit=time_limit)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -3,12 +3,16 @@
 Run ``python bench/feedserver.py --feeds 1000 --items 20``; the first line
 printed to stdout is the base URL.  Import :func:`start_server` to run it in a
 separate process from Python.
+
+Routes: ``/feeds/{i}.xml`` (RSS 2.0, ETag/Last-Modified, 304, gzip),
+``/articles/{i}/{j}`` (HTML page) and ``/_stats`` (JSON response counters).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import gzip
 import hashlib
@@ -115,16 +119,14 @@ def description_html(base_url: str, item: Item) -> str:
     more = "".join(f"<p>{html_escape(p)}</p>" for p in rest[:1])
     link = html_escape(item_link(base_url, item))
     read_more = "Weiterlesen" if item.german else "Read more"
-    return f'<p><strong>{html_escape(item.title)}</strong> &mdash; {html_escape(first)}</p>{more}<p><a href="{link}">{read_more}</a></p>'
+    lead = f"<p><strong>{html_escape(item.title)}</strong> &mdash; {html_escape(first)}</p>"
+    return f'{lead}{more}<p><a href="{link}">{read_more}</a></p>'
 
 
 def render_item(base_url: str, item: Item) -> str:
     guid = uuid.uuid5(GUID_NAMESPACE, f"{item.feed}/{item.index}")
     description = description_html(base_url, item)
-    if item.index % 2:
-        description_xml = f"<![CDATA[{description}]]>"
-    else:
-        description_xml = xml_escape(description)
+    description_xml = f"<![CDATA[{description}]]>" if item.index % 2 else xml_escape(description)
     return (
         "<item>"
         f"<title>{xml_escape(item.title)}</title>"
@@ -154,7 +156,7 @@ def render_feed(base_url: str, feed: int, n_items: int) -> tuple[bytes, datetime
         + "".join(render_item(base_url, item) for item in items)
         + "</channel>\n</rss>\n"
     )
-    return text.encode("utf-8"), newest
+    return text.encode(), newest
 
 
 def build_feed_doc(base_url: str, feed: int, n_items: int) -> FeedDoc:
@@ -179,7 +181,7 @@ def render_article(base_url: str, feed: int, index: int) -> bytes:
         f"<article><h1>{html_escape(item.title)}</h1>\n"
         f'<time datetime="{item.published.isoformat()}">{format_datetime(item.published, usegmt=True)}</time>\n'
         f"{body}</article>\n<footer>&copy; Bench News</footer></body></html>\n"
-    ).encode("utf-8")
+    ).encode()
 
 
 def _etag_matches(header: str, doc: FeedDoc) -> bool:
@@ -298,7 +300,8 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
 def fetch_stats(base_url: str) -> dict[str, int]:
     """Response counters kept by the server since it started."""
     with urllib.request.urlopen(f"{base_url}/_stats", timeout=10) as response:
-        return json.loads(response.read())
+        stats: dict[str, int] = json.loads(response.read())
+    return stats
 
 
 def stop_server(proc: subprocess.Popen[str]) -> None:
@@ -317,10 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=20)
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.feeds, args.items, args.port))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Starts ``feedserver.py`` in its own process, then for each run polls every feed
 once on a fresh database (cold) and once more on the same database (warm, all
-304).  Each poller runs in a child process; wall time and peak RSS
-(``ru_maxrss`` from ``os.wait4``) are taken per process.
+304).  Each poller runs in a child process; wall time, the child's peak RSS
+(``ru_maxrss`` from ``os.wait4``) and the peak PSS summed over the child and
+its descendants (sampled from ``/proc``) are taken per process.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from feedserver import fetch_stats, start_server, stop_server  # noqa: E402
+from proctree import TreeMemorySampler  # noqa: E402
 
 COLD_TARGET = 3.0
 WARM_TARGET = 5.0
@@ -38,6 +40,8 @@ RSS_TARGET_MB = 150.0
 class ProcessResult:
     seconds: float
     max_rss_mb: float
+    tree_mb: float
+    tree_processes: int
     returncode: int
     stdout: str
     stderr: str
@@ -51,11 +55,13 @@ class OursRun:
     cold_s: float
     warm_s: float
     max_rss_mb: float
+    tree_mb: float
+    tree_processes: int
     entries: int | None
     cold_requests: dict[str, int]
     warm_requests: dict[str, int]
-    cold_report: Any = None
-    warm_report: Any = None
+    cold_self_s: float | None = None
+    warm_self_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -64,6 +70,8 @@ class ReaderRun:
     cold_s: float
     warm_s: float
     max_rss_mb: float
+    tree_mb: float
+    tree_processes: int
     entries: int | None
     process_s: float
     requests: dict[str, int]
@@ -76,7 +84,12 @@ class Summary:
     cold_s: float
     warm_s: float
     max_rss_mb: float
+    tree_mb: float
     entries: int | None
+
+    @property
+    def peak_mb(self) -> float:
+        return max(self.max_rss_mb, self.tree_mb)
 
 
 class BenchError(RuntimeError):
@@ -88,17 +101,28 @@ def run_measured(cmd: Sequence[str], cwd: Path, timeout: float) -> ProcessResult
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=out, stderr=err, text=True)
+        sampler = TreeMemorySampler(proc.pid)
+        sampler.start()
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
             killer.cancel()
+            sampler.stop()
         seconds = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return ProcessResult(seconds, usage.ru_maxrss / 1024, proc.returncode, out.read(), err.read())
+        return ProcessResult(
+            seconds=seconds,
+            max_rss_mb=usage.ru_maxrss / 1024,
+            tree_mb=sampler.peak_mb,
+            tree_processes=sampler.peak_processes,
+            returncode=proc.returncode,
+            stdout=out.read(),
+            stderr=err.read(),
+        )
 
 
 def request_delta(base_url: str, action: Callable[[], ProcessResult]) -> tuple[ProcessResult, dict[str, int]]:
@@ -154,11 +178,14 @@ def count_entries(db_path: Path) -> int | None:
         return None
 
 
-def parse_json_output(text: str) -> Any:
+def reported_seconds(text: str) -> float | None:
+    """The ``seconds`` field of ``poll --json`` output, if there is one."""
     try:
-        return json.loads(text)
+        report = json.loads(text)
     except json.JSONDecodeError:
         return None
+    seconds = report.get("seconds") if isinstance(report, dict) else None
+    return float(seconds) if isinstance(seconds, int | float) else None
 
 
 def checked(result: ProcessResult, what: str) -> ProcessResult:
@@ -181,11 +208,13 @@ def run_ours(base_url: str, n_feeds: int, concurrency: int, timeout: float) -> O
         cold_s=cold.seconds,
         warm_s=warm.seconds,
         max_rss_mb=max(cold.max_rss_mb, warm.max_rss_mb),
+        tree_mb=max(cold.tree_mb, warm.tree_mb),
+        tree_processes=max(cold.tree_processes, warm.tree_processes),
         entries=entries,
         cold_requests=cold_requests,
         warm_requests=warm_requests,
-        cold_report=parse_json_output(cold.stdout),
-        warm_report=parse_json_output(warm.stdout),
+        cold_self_s=reported_seconds(cold.stdout),
+        warm_self_s=reported_seconds(warm.stdout),
     )
 
 
@@ -207,6 +236,8 @@ def run_reader(base_url: str, n_feeds: int, workers: int, timeout: float) -> Rea
         cold_s=report["cold"]["seconds"],
         warm_s=report["warm"]["seconds"],
         max_rss_mb=result.max_rss_mb,
+        tree_mb=result.tree_mb,
+        tree_processes=result.tree_processes,
         entries=report["entries"],
         process_s=result.seconds,
         requests=requests,
@@ -246,6 +277,7 @@ class BenchResults:
             cold_s=median([r.cold_s for r in self.ours_runs]),
             warm_s=median([r.warm_s for r in self.ours_runs]),
             max_rss_mb=median([r.max_rss_mb for r in self.ours_runs]),
+            tree_mb=median([r.tree_mb for r in self.ours_runs]),
             entries=self.ours_runs[-1].entries,
         )
 
@@ -259,6 +291,7 @@ class BenchResults:
                 cold_s=median([r.cold_s for r in group]),
                 warm_s=median([r.warm_s for r in group]),
                 max_rss_mb=median([r.max_rss_mb for r in group]),
+                tree_mb=median([r.tree_mb for r in group]),
                 entries=group[-1].entries,
             )
             for workers, group in sorted(groups.items())
@@ -275,19 +308,30 @@ class BenchResults:
             cold_s=per_workers[cold_w].cold_s,
             warm_s=per_workers[warm_w].warm_s,
             max_rss_mb=per_workers[cold_w].max_rss_mb,
+            tree_mb=per_workers[cold_w].tree_mb,
             entries=per_workers[cold_w].entries,
         )
+
+    def ours_in_process(self) -> tuple[float, float] | None:
+        """Median pass time as the CLI reports it: the same span reader's update_feeds() is timed over."""
+        cold = [r.cold_self_s for r in self.ours_runs if r.cold_self_s is not None]
+        warm = [r.warm_self_s for r in self.ours_runs if r.warm_self_s is not None]
+        if not cold or not warm:
+            return None
+        return median(cold), median(warm)
 
     def checks(self) -> list[Check]:
         ours, reader = self.ours(), self.reader_best()
         checks: list[Check] = []
-        if ours is not None and reader is not None:
-            cold_ratio = reader.cold_s / ours.cold_s
-            warm_ratio = reader.warm_s / ours.warm_s
+        in_process = self.ours_in_process()
+        if ours is not None and reader is not None and in_process is not None:
+            cold_ratio = reader.cold_s / in_process[0]
+            warm_ratio = reader.warm_s / in_process[1]
             checks.append(Check("cold speed-up reader/ours", cold_ratio, f">= {COLD_TARGET:g}x", cold_ratio >= COLD_TARGET))
             checks.append(Check("warm speed-up reader/ours", warm_ratio, f">= {WARM_TARGET:g}x", warm_ratio >= WARM_TARGET))
         if ours is not None:
-            checks.append(Check("aggregator peak RSS MB", ours.max_rss_mb, f"< {RSS_TARGET_MB:g}", ours.max_rss_mb < RSS_TARGET_MB))
+            peak = ours.peak_mb
+            checks.append(Check("aggregator peak memory MB", peak, f"< {RSS_TARGET_MB:g}", peak < RSS_TARGET_MB))
         return checks
 
     def to_json(self) -> dict[str, Any]:
@@ -311,11 +355,12 @@ def format_entries(entries: int | None, expected: int) -> str:
 
 def format_table(rows: Sequence[Summary], expected_entries: int) -> list[str]:
     width = max(len(row.label) for row in rows)
-    lines = [f"{'system':<{width}}  {'cold s':>8}  {'warm s':>8}  {'peak RSS MB':>11}  entries"]
+    header = f"{'system':<{width}}  {'cold s':>8}  {'warm s':>8}  {'peak RSS MB':>11}  {'tree PSS MB':>11}  entries"
+    lines = [header]
     for row in rows:
         lines.append(
             f"{row.label:<{width}}  {row.cold_s:>8.3f}  {row.warm_s:>8.3f}  {row.max_rss_mb:>11.1f}  "
-            f"{format_entries(row.entries, expected_entries)}"
+            f"{row.tree_mb:>11.1f}  {format_entries(row.entries, expected_entries)}"
         )
     return lines
 
@@ -336,6 +381,18 @@ def format_requests(results: BenchResults) -> list[str]:
     return lines
 
 
+def format_self_reported(results: BenchResults) -> list[str]:
+    cold = [r.cold_self_s for r in results.ours_runs if r.cold_self_s is not None]
+    warm = [r.warm_self_s for r in results.ours_runs if r.warm_self_s is not None]
+    if not cold or not warm:
+        return []
+    line = f"aggregator self-reported poll time (median): cold {median(cold):.3f}s, warm {median(warm):.3f}s"
+    reader = results.reader_best()
+    if reader is not None and min(cold + warm) > 0:
+        line += f"; reader/ours in-process: cold {reader.cold_s / median(cold):.2f}x, warm {reader.warm_s / median(warm):.2f}x"
+    return [line]
+
+
 def format_checks(checks: Sequence[Check]) -> list[str]:
     return [f"{'PASS' if c.passed else 'FAIL'}  {c.name}: {c.value:.2f} (target {c.target})" for c in checks]
 
@@ -349,9 +406,11 @@ def print_report(results: BenchResults) -> None:
     print()
     print(f"{results.feeds} feeds x {results.items} items, medians of {results.runs} run(s)")
     print("\n".join(format_table(rows, results.expected_entries)))
+    print("peak RSS: ru_maxrss of the poller process; tree PSS: peak PSS summed over it and its child processes.")
     if results.ours_runs:
-        print("aggregator times are CLI process wall time (startup included); reader times are update_feeds() in-process.")
-    print("\n".join(format_requests(results)))
+        print("aggregator times in the table are CLI process wall time (startup included); reader times are")
+        print("update_feeds() in-process. The speed-up checks compare like with like: both in-process.")
+    print("\n".join(format_self_reported(results) + format_requests(results)))
     print("\n".join(format_checks(results.checks())))
 
 
@@ -385,18 +444,20 @@ def log(message: str, quiet: bool) -> None:
 
 def run_bench(args: argparse.Namespace, base_url: str) -> BenchResults:
     results = BenchResults(feeds=args.feeds, items=args.items, runs=args.runs)
+    log(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", args.json)
     for run in range(1, args.runs + 1):
         if not args.skip_ours:
             ours = run_ours(base_url, args.feeds, args.concurrency, args.timeout)
             results.ours_runs.append(ours)
-            log(f"run {run}: aggregator cold {ours.cold_s:.3f}s warm {ours.warm_s:.3f}s "
-                f"rss {ours.max_rss_mb:.1f}MB entries {ours.entries}", args.json)
+            log(f"run {run}: aggregator cold {ours.cold_s:.3f}s warm {ours.warm_s:.3f}s rss {ours.max_rss_mb:.1f}MB "
+                f"tree {ours.tree_mb:.1f}MB/{ours.tree_processes} procs entries {ours.entries}", args.json)
         if not args.skip_reader:
             for workers in args.reader_workers:
                 reader = run_reader(base_url, args.feeds, workers, args.timeout)
                 results.reader_runs.append(reader)
                 log(f"run {run}: reader w={workers} cold {reader.cold_s:.3f}s warm {reader.warm_s:.3f}s "
-                    f"rss {reader.max_rss_mb:.1f}MB entries {reader.entries}", args.json)
+                    f"rss {reader.max_rss_mb:.1f}MB tree {reader.tree_mb:.1f}MB entries {reader.entries}", args.json)
+    log(f"load average after: {os.getloadavg()[0]:.2f}", args.json)
     return results
 
 

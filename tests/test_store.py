@@ -8,6 +8,7 @@ from aggregator.dedup import Candidate, match_url
 from aggregator.exceptions import StorageError
 from aggregator.parse import keyed
 from aggregator.storage import Store
+from aggregator.storage.schema import migrations
 from aggregator.types import FeedConfig, FetchResult, ParsedEntry, ParsedFeed
 
 NOW = "2026-11-20T10:00:00Z"
@@ -44,7 +45,8 @@ def test_open_creates_wal_database_with_schema(tmp_path):
         assert store.scalar("PRAGMA journal_mode") == "wal"
         assert {"feeds", "entries"} <= set(store.db.table_names())
     with Store.open(tmp_path / "new" / "agg.db") as again:
-        assert again.scalar("SELECT count(*) FROM _sqlite_migrations") == 1
+        assert migrations.pending(again.db) == []
+        assert again.scalar("SELECT count(*) FROM _sqlite_migrations") == len(migrations.applied(again.db)) >= 2
 
 
 def test_open_rejects_what_is_not_a_database(tmp_path):
@@ -130,7 +132,7 @@ def test_errors_counted_and_cleared(store):
     store.record_error(url, error="HTTP 500", status=500, now=NOW, next_poll_at=LATER)
     store.record_error(url, error="HTTP 503", status=503, now=NOW, next_poll_at=LATER)
     assert rows(store, "SELECT last_error, last_status, error_count FROM feeds WHERE url = ?", [url]) == [("HTTP 503", 503, 2)]
-    store.record_unchanged(url, FetchResult(url, url, 304, {}), now=LATER, next_poll_at=LATER)
+    store.record_unchanged([(url, FetchResult(url, url, 304, {}), LATER, LATER)])
     assert rows(store, "SELECT last_error, last_status, error_count, last_success_at FROM feeds WHERE url = ?", [url]) == [(None, 304, 0, LATER)]
 
 

@@ -77,3 +77,10 @@ def m002_article_extraction(db: Database) -> None:
     ):
         db.execute(f"ALTER TABLE entries ADD COLUMN {column} {definition}")
     db.execute("CREATE INDEX entries_extraction_due ON entries(extraction_status, extraction_next_at)")
+
+
+@migrations()
+def m003_drop_unused_indexes(db: Database) -> None:
+    """Nothing queries entries by publication date through an index; each one cost every insert."""
+    db.execute("DROP INDEX IF EXISTS entries_feed_published")
+    db.execute("DROP INDEX IF EXISTS entries_published")

@@ -150,9 +150,11 @@ class Store:
                 [now, status, error, next_poll_at, url],
             )
 
-    def record_unchanged(self, url: str, result: FetchResult, *, now: str, next_poll_at: str) -> None:
+    def record_unchanged(self, polls: Iterable[tuple[str, FetchResult, str, str]]) -> None:
+        """Successful polls that brought nothing new, ``(url, result, now, next_poll_at)``, in one transaction."""
         with self._write() as db:
-            self._record_success(db, url, result, None, now, next_poll_at)
+            for url, result, now, next_poll_at in polls:
+                self._record_success(db, url, result, None, now, next_poll_at)
 
     def store_feed(
         self, url: str, parsed: ParsedFeed, result: FetchResult, *, now: str, next_poll_at: str,
