@@ -146,26 +146,25 @@ async def poll_feeds(
     store.sync_feeds(config.feeds, iso(utcnow()))
     states = store.feed_states(feed.url for feed in feeds)
     summary = PassSummary()
-    with WorkerPool() as pool:
-        async with Fetcher(fetch_settings(config)) as fetcher:
-            articles = ArticleStage(store, fetcher, pool, article_settings(config), progress)
-            context = PollContext(config, store, fetcher, pool, articles, len(feeds) < INLINE_PARSE_BELOW)
-            articles.submit(store.articles.due([f.url for f in feeds if f.full_text], iso(utcnow())))
-            limit = asyncio.Semaphore(config.concurrency)
+    async with WorkerPool() as pool, Fetcher(fetch_settings(config)) as fetcher:
+        articles = ArticleStage(store, fetcher, pool, article_settings(config), progress)
+        context = PollContext(config, store, fetcher, pool, articles, len(feeds) < INLINE_PARSE_BELOW)
+        articles.submit(store.articles.due([f.url for f in feeds if f.full_text], iso(utcnow())))
+        limit = asyncio.Semaphore(config.concurrency)
 
-            async def one(feed: FeedConfig) -> None:
-                async with limit:
-                    result = await poll_feed(context, feed, states.get(feed.url, FeedState(feed.url)))
-                summary.results.append(result)
-                if progress:
-                    progress.feed_done(result)
+        async def one(feed: FeedConfig) -> None:
+            async with limit:
+                result = await poll_feed(context, feed, states.get(feed.url, FeedState(feed.url)))
+            summary.results.append(result)
+            if progress:
+                progress.feed_done(result)
 
-            try:
-                await asyncio.gather(*(one(feed) for feed in feeds))
-                summary.articles = await articles.drain()
-            finally:
-                context.flush()
-                articles.flush()
+        try:
+            await asyncio.gather(*(one(feed) for feed in feeds))
+            summary.articles = await articles.drain()
+        finally:
+            context.flush()
+            articles.flush()
     if summary.changed or not outputs_current(config):
         write_outputs(config, store)
     summary.seconds = time.monotonic() - started

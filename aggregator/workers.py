@@ -1,30 +1,36 @@
 """A process pool for the CPU-bound stages (feed parsing, article extraction).
 
-They use every core and never stall the event loop. Each task has a time
-limit: a page that makes a worker hang or crash costs that task alone, the
-worker is replaced and the pass goes on (pebble kills and restarts it).
+Workers are plain child interpreters (``python -m aggregator.workers``) that
+read pickled calls on stdin and answer with pickled results on stdout, in
+order. The event loop talks to them directly, with no helper threads (a
+thread-based pool's bookkeeping competed with the main thread for the GIL and
+slowed a cold pass), and keeps two calls queued per worker so a worker never
+waits for the loop between calls. Each call has a time limit that starts when
+the worker begins it; a worker that runs past it, or dies, is killed and
+replaced: that call fails, the calls queued behind it move to another worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import multiprocessing
+import contextlib
 import os
+import pickle
+import sys
+from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TypeVar
-
-from pebble import ProcessExpired, ProcessPool
-
-from .parse import parse_feed
-from .types import ParsedFeed
+from dataclasses import dataclass
+from typing import Any, BinaryIO, TypeVar
 
 from .extract import Article, extract_article
+from .parse import parse_feed
+from .types import ParsedFeed
 
 T = TypeVar("T")
 
 PARSE_TIME_LIMIT = 60.0
-EXTRACT_TIME_LIMIT = 30.0
+QUEUED_PER_WORKER = 2
+HEADER = 8
 
 
 class TaskTimedOut(Exception):
@@ -35,6 +41,10 @@ class WorkerCrashed(Exception):
     """A worker process died while running a task."""
 
 
+class _Requeue(Exception):
+    """The worker went away before it began this call: run it elsewhere."""
+
+
 def default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -42,33 +52,143 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@dataclass
+class _Call:
+    future: asyncio.Future[Any]
+    time_limit: float
+
+
+class _Worker:
+    """One child process and the calls sent to it, answered in order."""
+
+    def __init__(self, process: asyncio.subprocess.Process, on_exit: Callable[[_Worker], None]) -> None:
+        self.process = process
+        self.calls: deque[_Call] = deque()
+        self._on_exit = on_exit
+        self._timer: asyncio.TimerHandle | None = None
+        self._reader = asyncio.create_task(self._read_replies())
+        self.alive = True
+
+    @classmethod
+    async def start(cls, on_exit: Callable[[_Worker], None]) -> _Worker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aggregator.workers",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        return cls(process, on_exit)
+
+    def send(self, payload: bytes, time_limit: float) -> asyncio.Future[Any]:
+        assert self.process.stdin is not None
+        call = _Call(asyncio.get_running_loop().create_future(), time_limit)
+        self.calls.append(call)
+        self.process.stdin.write(len(payload).to_bytes(HEADER, "big") + payload)
+        if len(self.calls) == 1:
+            self._start_clock()
+        return call.future
+
+    def _start_clock(self) -> None:
+        if self._timer:
+            self._timer.cancel()
+        if self.calls:
+            self._timer = asyncio.get_running_loop().call_later(self.calls[0].time_limit, self._time_out)
+
+    async def _read_replies(self) -> None:
+        assert self.process.stdout is not None
+        try:
+            while True:
+                size = int.from_bytes(await self.process.stdout.readexactly(HEADER), "big")
+                ok, value = pickle.loads(await self.process.stdout.readexactly(size))
+                call = self.calls.popleft()
+                self._start_clock()
+                if not call.future.done():
+                    (call.future.set_result if ok else call.future.set_exception)(value)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            code = await self._exit_code()
+            self._fail(WorkerCrashed(f"the worker process died (exit code {code})"))
+
+    def _time_out(self) -> None:
+        limit = self.calls[0].time_limit if self.calls else 0
+        self._fail(TaskTimedOut(f"gave up after the {limit:g}s time limit"))
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+
+    def _fail(self, error: Exception) -> None:
+        """The running call gets ``error``; the calls queued behind it go to another worker."""
+        if not self.alive:
+            return
+        self.alive = False
+        if self._timer:
+            self._timer.cancel()
+        for index, call in enumerate(self.calls):
+            if not call.future.done():
+                call.future.set_exception(error if index == 0 else _Requeue())
+        self.calls.clear()
+        self._on_exit(self)
+
+    async def _exit_code(self) -> int | None:
+        """Killing a worker that exits by itself would let the subprocess module reap it behind asyncio's back."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.process.wait()), timeout=2)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            return await self.process.wait()
+
+    async def stop(self) -> None:
+        self.alive = False
+        if self._timer:
+            self._timer.cancel()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        if self.process.returncode is None:
+            await self._exit_code()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
 class WorkerPool:
     """Runs pure functions in worker processes, started on first use; ``inline`` runs one in this process."""
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or default_workers()
-        self._pool: ProcessPool | None = None
+        self._live: list[_Worker] = []
+        self._slots: asyncio.Semaphore | None = None
+        self._starting: asyncio.Lock | None = None
 
-    def _processes(self) -> ProcessPool:
-        if self._pool is None:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["aggregator.workers"])
-            self._pool = ProcessPool(max_workers=self.workers, context=context)
-        return self._pool
+    async def _worker_with_room(self) -> _Worker:
+        """The least busy live worker, starting one while there are fewer than ``workers`` and none is idle."""
+        assert self._starting is not None
+        ready = [w for w in self._live if w.alive and len(w.calls) < QUEUED_PER_WORKER]
+        if ready and min(len(w.calls) for w in ready) == 0:
+            return min(ready, key=lambda w: len(w.calls))
+        if len(self._live) < self.workers:
+            async with self._starting:
+                if len(self._live) < self.workers:
+                    worker = await _Worker.start(self._worker_exited)
+                    self._live.append(worker)
+                    return worker
+            return await self._worker_with_room()
+        return min(ready, key=lambda w: len(w.calls))
+
+    def _worker_exited(self, worker: _Worker) -> None:
+        if worker in self._live:
+            self._live.remove(worker)
 
     async def run(self, func: Callable[..., T], *args: object, time_limit: float, inline: bool = False) -> T:
         if inline:
             return func(*args)
-        future = self._processes().schedule(func, args=args, timeout=time_limit)
-        try:
-            return await asyncio.wrap_future(future)
-        except concurrent.futures.TimeoutError as e:
-            raise TaskTimedOut(f"gave up after the {time_limit:g}s time limit") from e
-        except ProcessExpired as e:
-            raise WorkerCrashed(f"the worker process died (exit code {e.exitcode})") from e
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.workers * QUEUED_PER_WORKER)
+            self._starting = asyncio.Lock()
+        payload = pickle.dumps((func, args), protocol=pickle.HIGHEST_PROTOCOL)
+        async with self._slots:
+            while True:
+                worker = await self._worker_with_room()
+                try:
+                    return await worker.send(payload, time_limit)
+                except _Requeue:
+                    continue
 
     async def parse(self, body: bytes, url: str, headers: Mapping[str, str], *, inline: bool = False) -> ParsedFeed:
         return await self.run(parse_feed, body, url, dict(headers), time_limit=PARSE_TIME_LIMIT, inline=inline)
@@ -76,14 +196,42 @@ class WorkerPool:
     async def extract(self, body: bytes, url: str, content_type: str | None, time_limit: float) -> Article:
         return await self.run(extract_article, body, url, content_type, time_limit=time_limit)
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.stop()
-            self._pool.join(timeout=10)
-            self._pool = None
+    async def aclose(self) -> None:
+        workers, self._live = self._live, []
+        await asyncio.gather(*(worker.stop() for worker in workers), return_exceptions=True)
 
-    def __enter__(self) -> WorkerPool:
+    async def __aenter__(self) -> WorkerPool:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
+    """The worker's loop: one pickled ``(func, args)`` in, one pickled ``(ok, value)`` out."""
+    while header := requests.read(HEADER):
+        func, args = pickle.loads(requests.read(int.from_bytes(header, "big")))
+        try:
+            reply = pickle.dumps((True, func(*args)), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # noqa: BLE001 - the caller gets the error
+            reply = _error_reply(e)
+        replies.write(len(reply).to_bytes(HEADER, "big") + reply)
+        replies.flush()
+
+
+def _error_reply(error: Exception) -> bytes:
+    try:
+        return pickle.dumps((False, error), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - an error that cannot be pickled still reaches the caller as text
+        return pickle.dumps((False, RuntimeError(f"{type(error).__name__}: {error}")))
+
+
+def _main() -> None:
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
+        _serve(sys.stdin.buffer, replies)
+
+
+if __name__ == "__main__":
+    _main()

@@ -292,7 +292,7 @@ def test_full_text_false_fetches_no_page(http: FixtureServer, write_config, poll
 
 def test_worker_pool_runs_in_other_processes_and_survives_timeouts_and_crashes() -> None:
     async def scenario() -> None:
-        with WorkerPool(workers=1) as pool:
+        async with WorkerPool(workers=1) as pool:
             first = await pool.run(os.getpid, time_limit=10)
             assert isinstance(first, int) and first != os.getpid()
 
