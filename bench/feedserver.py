@@ -212,8 +212,9 @@ def accepts_gzip(request: web.Request) -> bool:
 
 
 class FeedApp:
-    def __init__(self, base_url: str, n_feeds: int, n_items: int) -> None:
+    def __init__(self, base_url: str, n_feeds: int, n_items: int, full_pages: bool = False) -> None:
         self.base_url = base_url
+        self.full_pages = full_pages
         self.n_feeds = n_feeds
         self.n_items = n_items
         self.docs = [build_feed_doc(base_url, i, n_items) for i in range(n_feeds)]
@@ -244,8 +245,16 @@ class FeedApp:
         self.stats["article_200"] += 1
         body = self.article_cache.get(key)
         if body is None:
-            body = self.article_cache[key] = render_article(self.base_url, *key)
+            body = self.article_cache[key] = self.render(*key)
         return web.Response(body=body, content_type="text/html", charset="utf-8")
+
+    def render(self, feed: int, index: int) -> bytes:
+        if not self.full_pages:
+            return render_article(self.base_url, feed, index)
+        from pages import article_page
+
+        page, _ = article_page(feed * self.n_items + index, f"{self.base_url}/articles/{feed}/{index}")
+        return page
 
     async def stats_json(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats)
@@ -258,12 +267,12 @@ class FeedApp:
         return app
 
 
-async def serve(n_feeds: int, n_items: int, port: int) -> None:
+async def serve(n_feeds: int, n_items: int, port: int, full_pages: bool = False) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, port))
     base_url = f"http://{HOST}:{sock.getsockname()[1]}"
-    feed_app = FeedApp(base_url, n_feeds, n_items)
+    feed_app = FeedApp(base_url, n_feeds, n_items, full_pages)
     gc.collect()
     gc.freeze()
     runner = web.AppRunner(feed_app.application(), access_log=None, keepalive_timeout=75)
@@ -273,10 +282,13 @@ async def serve(n_feeds: int, n_items: int, port: int) -> None:
     await asyncio.Event().wait()
 
 
-def start_server(n_feeds: int, items: int, timeout: float = 60.0) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    n_feeds: int, items: int, timeout: float = 60.0, full_pages: bool = False
+) -> tuple[subprocess.Popen[str], str]:
     """Start the server in a child process; return it and its base URL."""
+    extra = ["--full-pages"] if full_pages else []
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--feeds", str(n_feeds), "--items", str(items)],
+        [sys.executable, str(Path(__file__).resolve()), "--feeds", str(n_feeds), "--items", str(items), *extra],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -319,9 +331,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feeds", type=int, default=1000)
     parser.add_argument("--items", type=int, default=20)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--full-pages", action="store_true", help="serve 40-80 KB article pages (bench/pages.py)")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.feeds, args.items, args.port))
+        asyncio.run(serve(args.feeds, args.items, args.port, args.full_pages))
 
 
 if __name__ == "__main__":
