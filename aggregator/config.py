@@ -20,6 +20,7 @@ from .types import Config, FeedConfig, OutputConfig, ServerConfig
 
 DEFAULT_USER_AGENT = f"aggregator/{__version__} (self-hosted feed aggregator)"
 ENV_VAR = "AGGREGATOR_CONFIG"
+AUTO = "auto"
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -28,7 +29,7 @@ _OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TOP_KEYS = {"aggregator", "server", "outputs", "feeds"}
 _AGGREGATOR_KEYS = {
     "database", "output_dir", "interval", "concurrency", "timeout", "full_text",
-    "allow_private_addresses", "user_agent", "host_concurrency", "extract_timeout",
+    "allow_private_addresses", "user_agent", "host_concurrency", "extract_timeout", "min_interval", "max_interval",
 }
 _SERVER_KEYS = {"host", "port", "base_url"}
 _OUTPUT_KEYS = {"name", "title", "max_entries", "tags"}
@@ -54,7 +55,7 @@ def _parse_duration_text(text: str) -> float:
     compact = text.strip().lower()
     parts = _DURATION.findall(compact)
     if not parts or _DURATION.sub("", compact).strip():
-        raise ValueError(f'invalid duration {text!r} (use e.g. "90s", "15m", "2h")')
+        raise ValueError(f'invalid duration {text!r} (use e.g. "90s", "15m", "2h", or "auto" for an interval)')
     return sum(float(number) * _UNITS[unit] for number, unit in parts)
 
 
@@ -97,13 +98,21 @@ class _Checker:
         self._unknown(raw, _TOP_KEYS, "")
         section = self._table(raw, "aggregator")
         base = self.path.parent
-        interval = self._duration(section, "interval", "aggregator.interval", 1800.0)
+        auto = section.get("interval") == AUTO
+        interval = 1800.0 if auto else self._duration(section, "interval", "aggregator.interval", 1800.0)
         full_text = self._bool(section, "full_text", "aggregator.full_text", True)
+        minimum = self._duration(section, "min_interval", "aggregator.min_interval", 300.0)
+        maximum = self._duration(section, "max_interval", "aggregator.max_interval", 86400.0)
+        if minimum > maximum:
+            self.errors.append("key 'aggregator.min_interval': must not be longer than aggregator.max_interval")
         return Config(
             path=self.path,
             database=base / self._str(section, "database", "aggregator.database", "data/aggregator.db"),
             output_dir=base / self._str(section, "output_dir", "aggregator.output_dir", "data/public"),
             interval=interval,
+            auto_interval=auto,
+            min_interval=minimum,
+            max_interval=maximum,
             concurrency=self._int(section, "concurrency", "aggregator.concurrency", 32, 1, 1000),
             timeout=self._duration(section, "timeout", "aggregator.timeout", 20.0),
             full_text=full_text,
@@ -115,7 +124,7 @@ class _Checker:
             extract_timeout=self._duration(section, "extract_timeout", "aggregator.extract_timeout", 30.0),
             server=self._server(self._table(raw, "server")),
             outputs=self._outputs(raw.get("outputs")),
-            feeds=self._feeds(raw.get("feeds"), interval, full_text),
+            feeds=self._feeds(raw.get("feeds"), interval, auto, full_text),
         )
 
     def _table(self, raw: dict[str, Any], key: str) -> dict[str, Any]:
@@ -171,17 +180,17 @@ class _Checker:
             tags=self._tags(item, f"{where}.tags"),
         )
 
-    def _feeds(self, raw: object, interval: float, full_text: bool) -> tuple[FeedConfig, ...]:
+    def _feeds(self, raw: object, interval: float, auto: bool, full_text: bool) -> tuple[FeedConfig, ...]:
         if raw is None:
             return ()
         if not isinstance(raw, list):
             self.errors.append("key 'feeds': must be a list of [[feeds]] tables")
             return ()
-        feeds = [self._feed(index, item, interval, full_text) for index, item in enumerate(raw)]
+        feeds = [self._feed(index, item, interval, auto, full_text) for index, item in enumerate(raw)]
         self._duplicates([_url_identity(f.url) for f in feeds if f.url], "feeds", "url")
         return tuple(f for f in feeds if f.url)
 
-    def _feed(self, index: int, item: object, interval: float, full_text: bool) -> FeedConfig:
+    def _feed(self, index: int, item: object, interval: float, auto: bool, full_text: bool) -> FeedConfig:
         where = f"feeds[{index}]"
         if not isinstance(item, dict):
             self.errors.append(f"key '{where}': must be a table")
@@ -197,7 +206,8 @@ class _Checker:
         return FeedConfig(
             url=self._url(url, f"{where}.url"),
             name=name or None,
-            interval=self._duration(item, "interval", f"{where}.interval", interval),
+            interval=interval if item.get("interval") == AUTO else self._duration(item, "interval", f"{where}.interval", interval),
+            auto_interval=item.get("interval") == AUTO or (auto and "interval" not in item),
             full_text=self._bool(item, "full_text", f"{where}.full_text", full_text),
             tags=self._tags(item, f"{where}.tags"),
         )

@@ -20,6 +20,7 @@ import feedparser
 
 from .exceptions import ParseError
 from .sanitize import plain_text, sanitize_html
+from .schedule import feed_ttl, publish_interval
 from .types import ParsedEntry, ParsedFeed
 from .urls import absolute_url, canonical_url
 
@@ -51,6 +52,8 @@ def parse_feed(body: bytes, url: str, headers: Mapping[str, str] | None = None) 
         language=_language(feed.get("language")),
         entries=entries,
         warning=f"malformed feed: {warning}" if warning else None,
+        ttl=feed_ttl(feed.get("ttl"), feed.get("sy_updateperiod"), feed.get("sy_updatefrequency")),
+        publish_interval=publish_interval(e.published for e in entries),
     )
 
 

@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from typing import Protocol
 
 from .articles import ArticleSettings, ArticleStage
 from .exceptions import ConfigError, FeedError, StorageError
 from .fetch import Fetcher, FetchSettings
 from .generate import outputs_current, write_outputs
-from .schedule import next_poll, retry_after
+from .schedule import Hints, Interval, base_interval, next_poll, response_hints, retry_after
 from .storage import Store
 from .storage.articles import ArticleOutcome
 from .storage.store import body_hash
-from .timeutil import iso, later, utcnow
+from .timeutil import iso, utcnow
 from .types import Config, FeedConfig, FeedState, FetchResult, PollResult
 from .workers import WorkerPool
 
@@ -179,28 +181,39 @@ async def poll_feed(context: PollContext, feed: FeedConfig, state: FeedState) ->
         )
         outcome = await _store_result(context, feed, state, result)
     except FeedError as e:
-        outcome = _record_failure(context, feed, e, getattr(e, "status", None), getattr(e, "retry_after", None))
+        outcome = _record_failure(context, feed, state, e)
     except StorageError:
         raise
     except Exception as e:  # noqa: BLE001 - one feed's bug must not stop the pass
         log.exception("unexpected error polling %s", feed.url)
-        outcome = _record_failure(context, feed, e, None, None)
-    log.info("polled %s: %s", feed.url, outcome.error or outcome.status)
-    return PollResult(**{**asdict(outcome), "seconds": round(time.monotonic() - started, 3)})
+        outcome = _record_failure(context, feed, state, e)
+    return replace(outcome, seconds=round(time.monotonic() - started, 3))
+
+
+def _due(
+    context: PollContext, feed: FeedConfig, now: datetime, *, publish_every: float | None, hints: Hints, errors: int = 0
+) -> str:
+    config = context.config
+    interval = Interval(feed.interval, feed.auto_interval, config.min_interval, config.max_interval)
+    seconds = base_interval(interval, publish_every)
+    return iso(next_poll(now, seconds, hints=hints, errors=errors, jitter=random.random()))
 
 
 async def _store_result(
     context: PollContext, feed: FeedConfig, state: FeedState, result: FetchResult
 ) -> PollResult:
     now = utcnow()
-    next_poll_at = later(now, feed.interval)
+    hints = response_hints(result.headers, now)
     moved = result.permanent_redirect
     if result.not_modified or (state.body_hash and body_hash(result.body) == state.body_hash):
-        context.record_unchanged(feed.url, result, iso(now), next_poll_at)
+        due = _due(context, feed, now, publish_every=state.publish_interval, hints=replace(hints, ttl=state.ttl))
+        context.record_unchanged(feed.url, result, iso(now), due)
         return PollResult(url=feed.url, status="not_modified", http_status=result.status, moved_to=moved)
     parsed = await context.pool.parse(result.body, result.final_url, result.headers, inline=context.inline_parse)
+    every = parsed.publish_interval or state.publish_interval
+    due = _due(context, feed, now, publish_every=every, hints=replace(hints, ttl=parsed.ttl))
     counts = context.store.store_feed(
-        feed.url, parsed, result, now=iso(utcnow()), next_poll_at=next_poll_at, full_text=feed.full_text
+        feed.url, parsed, result, now=iso(utcnow()), next_poll_at=due, full_text=feed.full_text
     )
     context.articles.submit(counts.jobs)
     return PollResult(
@@ -215,11 +228,11 @@ async def _store_result(
     )
 
 
-def _record_failure(
-    context: PollContext, feed: FeedConfig, error: Exception, status: int | None, wait: str | None
-) -> PollResult:
+def _record_failure(context: PollContext, feed: FeedConfig, state: FeedState, error: Exception) -> PollResult:
     now = utcnow()
     message = str(error) or type(error).__name__
-    due = next_poll(now, feed.interval, not_before=retry_after(wait, now))
-    context.store.record_error(feed.url, error=message, status=status, now=iso(now), next_poll_at=iso(due))
+    status = getattr(error, "status", None)
+    hints = Hints(retry_after=retry_after(getattr(error, "retry_after", None), now))
+    due = _due(context, feed, now, publish_every=state.publish_interval, hints=hints, errors=state.error_count + 1)
+    context.store.record_error(feed.url, error=message, status=status, now=iso(now), next_poll_at=due)
     return PollResult(url=feed.url, status="error", http_status=status, error=message)

@@ -11,6 +11,7 @@ class FeedConfig:
     url: str
     name: str | None = None
     interval: float = 1800.0
+    auto_interval: bool = False
     full_text: bool = True
     tags: tuple[str, ...] = ()
 
@@ -44,6 +45,7 @@ class Config:
     database: Path
     output_dir: Path
     interval: float = 1800.0
+    auto_interval: bool = False
     concurrency: int = 32
     timeout: float = 20.0
     full_text: bool = True
@@ -51,6 +53,8 @@ class Config:
     user_agent: str = ""
     host_concurrency: int = 2
     extract_timeout: float = 30.0
+    min_interval: float = 300.0
+    max_interval: float = 86400.0
     server: ServerConfig = field(default_factory=ServerConfig)
     outputs: tuple[OutputConfig, ...] = (OutputConfig(),)
     feeds: tuple[FeedConfig, ...] = ()
@@ -65,6 +69,9 @@ class FeedState:
     last_modified: str | None = None
     moved_to: str | None = None
     body_hash: str | None = None
+    error_count: int = 0
+    ttl: float | None = None
+    publish_interval: float | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,8 @@ class ParsedFeed:
     language: str | None
     entries: tuple[ParsedEntry, ...]
     warning: str | None = None
+    ttl: float | None = None
+    publish_interval: float | None = None
 
 
 @dataclass(frozen=True)

@@ -144,3 +144,18 @@ def test_repository_feeds_toml_is_valid():
     config = load_config(Path(__file__).parent.parent / "feeds.toml")
     assert len(config.feeds) >= 5
     assert any("de" in feed.tags for feed in config.feeds)
+
+
+def test_auto_interval_and_bounds(tmp_path):
+    text = (
+        '[aggregator]\ninterval = "auto"\nmin_interval = "10m"\nmax_interval = "6h"\n'
+        '[[feeds]]\nurl = "https://example.org/a"\n'
+        '[[feeds]]\nurl = "https://example.org/b"\ninterval = "15m"\n'
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.auto_interval and (config.min_interval, config.max_interval) == (600, 21600)
+    assert [(f.auto_interval, f.interval) for f in config.feeds] == [(True, 1800), (False, 900)]
+    fixed = load_config(write(tmp_path, '[[feeds]]\nurl = "https://example.org/a"\ninterval = "auto"'))
+    assert fixed.feeds[0].auto_interval and not fixed.auto_interval
+    with pytest.raises(ConfigError, match="min_interval"):
+        load_config(write(tmp_path, '[aggregator]\nmin_interval = "2h"\nmax_interval = "1h"'))

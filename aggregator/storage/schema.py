@@ -84,3 +84,10 @@ def m003_drop_unused_indexes(db: Database) -> None:
     """Nothing queries entries by publication date through an index; each one cost every insert."""
     db.execute("DROP INDEX IF EXISTS entries_feed_published")
     db.execute("DROP INDEX IF EXISTS entries_published")
+
+
+@migrations()
+def m004_feed_rhythm(db: Database) -> None:
+    db.execute("ALTER TABLE feeds ADD COLUMN ttl INTEGER")
+    db.execute("ALTER TABLE feeds ADD COLUMN publish_interval INTEGER")
+    db.execute("CREATE INDEX feeds_next_poll_at ON feeds(next_poll_at)")

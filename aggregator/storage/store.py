@@ -132,9 +132,11 @@ class Store:
         for chunk in _chunks(list(urls)):
             marks = ",".join("?" * len(chunk))
             for row in self.db.execute(
-                f"SELECT url, etag, last_modified, moved_to, body_hash FROM feeds WHERE url IN ({marks})", chunk
+                f"""SELECT url, etag, last_modified, moved_to, body_hash, error_count, ttl, publish_interval
+                FROM feeds WHERE url IN ({marks})""",
+                chunk,
             ):
-                states[row[0]] = FeedState(url=row[0], etag=row[1], last_modified=row[2], moved_to=row[3], body_hash=row[4])
+                states[row[0]] = FeedState(*row)
         return states
 
     def record_error(
@@ -183,7 +185,9 @@ class Store:
                 body_hash = coalesce(?, body_hash),
                 last_polled_at = ?, last_success_at = ?, last_status = ?, last_error = NULL,
                 last_warning = ?, error_count = 0, next_poll_at = ?,
-                moved_to = coalesce(?, moved_to)
+                moved_to = coalesce(?, moved_to),
+                ttl = CASE WHEN ? THEN ? ELSE ttl END,
+                publish_interval = CASE WHEN ? THEN coalesce(?, publish_interval) ELSE publish_interval END
             WHERE url = ?
             """,
             [
@@ -197,6 +201,8 @@ class Store:
                 parsed.warning if parsed else None,
                 next_poll_at,
                 result.permanent_redirect,
+                parsed is not None, parsed.ttl if parsed else None,
+                parsed is not None, round(parsed.publish_interval) if parsed and parsed.publish_interval else None,
                 url,
             ],
         )
