@@ -57,6 +57,7 @@ class ArticleStage:
         self._tasks: list[asyncio.Task[None]] = []
         self._unsaved: list[ArticleOutcome] = []
         self._queued: set[int] = set()
+        self._running: set[int] = set()
 
     def submit(self, jobs: Iterable[ArticleJob]) -> None:
         fresh = [job for job in jobs if job.entry_id not in self._queued]
@@ -73,16 +74,32 @@ class ArticleStage:
         self.flush()
         return self.counts
 
+    async def cancel(self) -> None:
+        """Stop every job not finished yet; their entries stay pending for a later pass."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.flush()
+
+    def forget_finished(self) -> None:
+        """Drop finished tasks (a long-running daemon keeps submitting)."""
+        self._tasks = [task for task in self._tasks if not task.done()]
+        self._queued = {job for job in self._queued if job in self._running}
+
     def flush(self) -> None:
         if self._unsaved:
             outcomes, self._unsaved = self._unsaved, []
             self.store.articles.record(outcomes, iso(utcnow()))
 
     async def _run(self, job: ArticleJob) -> None:
+        self._running.add(job.entry_id)
         try:
             outcome = await self._attempt(job)
         except Exception as e:  # noqa: BLE001 - one page must not stop the pass
             outcome = _failed(job, f"unexpected error: {type(e).__name__}: {e}", utcnow())
+        finally:
+            self._running.discard(job.entry_id)
         self.counts[outcome.status if outcome.counts_as_attempt else "deferred"] += 1
         self._unsaved.append(outcome)
         if len(self._unsaved) >= FLUSH_EVERY:

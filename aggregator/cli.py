@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import logging
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,12 +14,16 @@ import click
 from . import __version__
 from .config import load_config, resolve_config_path
 from .exceptions import AggregatorError, ConfigError, StorageError
+from .logs import FORMATS, setup_logging
 from .generate import write_outputs
 from .pipeline import PassSummary, poll_feeds, select_feeds
 from .progress import terminal_progress
 from .stats import collect, render_text
 from .storage import Store
 from .types import Config
+
+
+LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
 
 
 class UsageFailure(click.ClickException):
@@ -62,14 +64,14 @@ def open_config(config_path: str | None) -> Config:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", metavar="PATH", help="feeds.toml to use (else $AGGREGATOR_CONFIG, else ./feeds.toml).")
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--log-level", type=LEVELS, help="Logging threshold (default: warning; info for run).")
+@click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True, help="Log lines as text or JSON.")
 @click.version_option(__version__, prog_name="aggregator")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, log_level: str) -> None:
+def main(ctx: click.Context, config_path: str | None, log_level: str | None, log_format: str) -> None:
     """Poll RSS/Atom feeds, store them in SQLite and publish merged feeds."""
-    ctx.obj = {"config_path": config_path}
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = {"config_path": config_path, "log_level": log_level, "log_format": log_format}
+    setup_logging(log_level or "warning", log_format)
 
 
 @main.command()
@@ -101,6 +103,24 @@ def _report(summary: PassSummary, as_json: bool) -> None:
             click.echo(f"  moved: {result.url} now lives at {result.moved_to}; update feeds.toml", err=True)
         if result.warning:
             click.echo(f"  warning: {result.url}: {result.warning}", err=True)
+
+
+@main.command()
+@config_option
+@click.option("--log-level", "run_log_level", type=LEVELS, help="Logging threshold (default: info).")
+@click.option("--log-format", "run_log_format", type=click.Choice(FORMATS), help="Log lines as text or JSON.")
+def run(config_path: str | None, run_log_level: str | None, run_log_format: str | None) -> None:
+    """Run the daemon: poll each feed on its schedule and serve the merged feeds over HTTP.
+
+    Reloads feeds.toml on SIGHUP and when the file changes; stops cleanly on SIGTERM or SIGINT.
+    """
+    from .daemon import Daemon
+
+    settings = click.get_current_context().obj or {}
+    setup_logging(run_log_level or settings.get("log_level") or "info", run_log_format or settings.get("log_format", "text"))
+    with failures():
+        daemon = Daemon(resolve_config_path(config_path))
+        asyncio.run(daemon.run())
 
 
 @main.command()

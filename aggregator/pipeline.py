@@ -52,12 +52,13 @@ class PollContext:
     pool: WorkerPool
     articles: ArticleStage
     inline_parse: bool = False
+    unchanged_batch: int = UNCHANGED_BATCH
     unchanged: list[tuple[str, FetchResult, str, str]] = field(default_factory=list)
 
     def record_unchanged(self, url: str, result: FetchResult, now: str, next_poll_at: str) -> None:
         """Polls that brought nothing new only update feed state: they are written in batches."""
         self.unchanged.append((url, result, now, next_poll_at))
-        if len(self.unchanged) >= UNCHANGED_BATCH:
+        if len(self.unchanged) >= self.unchanged_batch:
             self.flush()
 
     def flush(self) -> None:

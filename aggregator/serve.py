@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
@@ -42,7 +42,8 @@ MEDIA_TYPES = {
 }
 GZIP_MINIMUM_SIZE = 500
 FEED_CACHE_CONTROL = "public, max-age=60"
-RETRY_AFTER_SECONDS = 30
+NOT_GENERATED = "This feed has not been generated yet; try again shortly.\n"
+NOT_GENERATED_HEADERS = {"Retry-After": "30", "Cache-Control": "no-store"}
 DATABASE_TIMEOUT_SECONDS = 2.0
 HEALTH_FAILURES_SHOWN = 10
 INDEX_HEADERS = {
@@ -163,11 +164,8 @@ def feed_response(request: Request, cached: CachedFile, media_type: str) -> Resp
 
 def feed_files(config: Config) -> dict[str, tuple[Path, str]]:
     """Every servable file name, ``"all.atom"``, with its path and media type."""
-    return {
-        f"{output.name}.{fmt}": (config.output_dir / f"{output.name}.{fmt}", MEDIA_TYPES[fmt])
-        for output in config.outputs
-        for fmt in FORMATS
-    }
+    names = [f"{output.name}.{fmt}" for output in config.outputs for fmt in FORMATS]
+    return {name: (config.output_dir / name, MEDIA_TYPES[name.rpartition(".")[2]]) for name in names}
 
 
 @dataclass(frozen=True)
@@ -185,16 +183,12 @@ class FeedStatus:
 
     @property
     def state(self) -> str:
-        if self.last_error:
-            return "failing"
-        return "ok" if self.last_polled_at else "never polled"
+        return "failing" if self.last_error else "ok" if self.last_polled_at else "never polled"
 
 
-_FEED_SQL = """
-    SELECT url, coalesce(name, title), site_url, last_polled_at, last_success_at, next_poll_at,
-        last_error, error_count, moved_to
-    FROM feeds
-"""
+_FEED_SQL = """SELECT url, coalesce(name, title), site_url, last_polled_at, last_success_at, next_poll_at,
+    last_error, error_count, moved_to FROM feeds"""
+_COUNT_SQL = "SELECT feed_url, count(*) FROM entries GROUP BY feed_url"
 
 
 def read_only(database: Path) -> sqlite3.Connection:
@@ -209,7 +203,7 @@ def feed_statuses(config: Config, *, with_counts: bool) -> list[FeedStatus]:
     """The configured feeds, in configuration order, as the store knows them."""
     with contextlib.closing(read_only(config.database)) as conn:
         rows = {row[0]: row for row in conn.execute(_FEED_SQL)}
-        counts = dict(conn.execute("SELECT feed_url, count(*) FROM entries GROUP BY feed_url")) if with_counts else {}
+        counts = dict(conn.execute(_COUNT_SQL)) if with_counts else {}
     statuses = []
     for feed in config.feeds:
         row = rows.get(feed.url) or (feed.url, None, None, None, None, None, None, 0, None)
@@ -287,12 +281,15 @@ def _feed_row(feed: FeedStatus) -> str:
     return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
 
 
+_COLUMNS = ("Feed", "Status", "Last success", "Next poll", "Entries", "Last error")
+
+
 def _feeds_html(feeds: list[FeedStatus] | None, db_error: str | None) -> str:
     if feeds is None:
         return f"<p>The database cannot be read: {_e(db_error)}</p>"
     if not feeds:
         return "<p>No feeds are configured.</p>"
-    head = "".join(f"<th>{title}</th>" for title in ("Feed", "Status", "Last success", "Next poll", "Entries", "Last error"))
+    head = "".join(f"<th>{title}</th>" for title in _COLUMNS)
     rows = "".join(_feed_row(feed) for feed in feeds)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
@@ -318,40 +315,44 @@ def index_html(config: Config, feeds: list[FeedStatus] | None, db_error: str | N
     )
 
 
-def build_app(config: Config, health: HealthSource, metrics: Metrics | None = None) -> Starlette:
+def build_app(
+    config: Config | Callable[[], Config], health: HealthSource, metrics: Metrics | None = None
+) -> Starlette:
+    """The HTTP app; ``config`` may be a callable, so a reloaded configuration is served at once."""
     metrics = metrics or Metrics()
-    files = feed_files(config)
+    current = config if callable(config) else (lambda: config)
     cache = FileCache()
 
     async def feed(request: Request) -> Response:
-        entry = files.get(request.path_params["filename"])
+        entry = feed_files(current()).get(request.path_params["filename"])
         if entry is None:
             return PlainTextResponse("No such feed.\n", status_code=404)
         path, media_type = entry
         try:
             cached = await cache.get(path)
         except FileNotFoundError:
-            return _not_generated()
+            return PlainTextResponse(NOT_GENERATED, status_code=503, headers=NOT_GENERATED_HEADERS)
         return feed_response(request, cached, media_type)
 
     async def healthz(request: Request) -> Response:
         state = health.health()
-        feeds, db_error = await anyio.to_thread.run_sync(lambda: read_feeds(config, with_counts=False))
+        feeds, db_error = await anyio.to_thread.run_sync(lambda: read_feeds(current(), with_counts=False))
         document = health_document(state, feeds, db_error)
         status_code = 503 if document["status"] == "error" else 200
         return JSONResponse(document, status_code=status_code, headers={"Cache-Control": "no-store"})
 
     async def metrics_endpoint(request: Request) -> Response:
         metrics.set_scheduler_running(health.health().scheduler_running)
-        feeds, _ = await anyio.to_thread.run_sync(lambda: read_feeds(config, with_counts=False))
+        feeds, _ = await anyio.to_thread.run_sync(lambda: read_feeds(current(), with_counts=False))
         if feeds is not None:
             metrics.set_feed_counts(len(feeds), sum(1 for f in feeds if f.last_error))
         body, content_type = metrics.render()
         return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
     async def index(request: Request) -> Response:
-        feeds, db_error = await anyio.to_thread.run_sync(lambda: read_feeds(config, with_counts=True))
-        page = index_html(config, feeds, db_error)
+        configured = current()
+        feeds, db_error = await anyio.to_thread.run_sync(lambda: read_feeds(configured, with_counts=True))
+        page = index_html(configured, feeds, db_error)
         return Response(page, headers=INDEX_HEADERS, media_type="text/html; charset=utf-8")
 
     compressed = [Middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_SIZE)]
@@ -364,14 +365,6 @@ def build_app(config: Config, health: HealthSource, metrics: Metrics | None = No
     app = Starlette(routes=routes)
     app.state.metrics = metrics
     return app
-
-
-def _not_generated() -> Response:
-    return PlainTextResponse(
-        "This feed has not been generated yet; try again shortly.\n",
-        status_code=503,
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "no-store"},
-    )
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -403,7 +396,4 @@ def make_server(app: Starlette, host: str, port: int) -> EmbeddedServer:
     )
     return EmbeddedServer(config)
 
-
-def serve(config: Config, health: HealthSource, metrics: Metrics, *, host: str, port: int) -> EmbeddedServer:
-    return make_server(build_app(config, health, metrics), host, port)
 

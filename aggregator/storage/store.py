@@ -139,6 +139,28 @@ class Store:
                 states[row[0]] = FeedState(*row)
         return states
 
+    def due_feeds(self, now: str) -> list[str]:
+        """Feeds due for a poll (never polled first, then the most overdue), configured or not."""
+        rows = self.db.execute(
+            "SELECT url FROM feeds WHERE next_poll_at IS NULL OR next_poll_at <= ? ORDER BY next_poll_at IS NOT NULL, next_poll_at",
+            [now],
+        )
+        return [row[0] for row in rows]
+
+    def poll_no_later_than(self, urls: Sequence[str], moment: str) -> None:
+        """Bring the next poll of these feeds forward to ``moment`` where it is later (a shorter interval)."""
+        with self._write() as db:
+            db.conn.executemany(
+                "UPDATE feeds SET next_poll_at = ? WHERE url = ? AND next_poll_at > ?", [(moment, url, moment) for url in urls]
+            )
+
+    def last_success(self) -> str | None:
+        return self.scalar("SELECT max(last_success_at) FROM feeds")
+
+    def feed_counts(self) -> tuple[int, int]:
+        row = self.db.execute("SELECT count(*), count(last_error) FROM feeds").fetchone()
+        return int(row[0]), int(row[1])
+
     def record_error(
         self, url: str, *, error: str, status: int | None, now: str, next_poll_at: str
     ) -> None:
