@@ -153,6 +153,7 @@ class ArticleStage:
         return ArticleOutcome(
             job.entry_id, "done", None, text=article.text, html=article.html,
             author=article.author, published=article.published, language=article.language,
+            fingerprint=article.fingerprint,
         )
 
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .exceptions import ConfigError
+from .dedup import DedupSettings
 from .types import Config, FeedConfig, OutputConfig, ServerConfig
 
 DEFAULT_USER_AGENT = f"aggregator/{__version__} (self-hosted feed aggregator)"
@@ -26,14 +27,15 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-_TOP_KEYS = {"aggregator", "server", "outputs", "feeds"}
+_TOP_KEYS = {"aggregator", "server", "outputs", "feeds", "dedup"}
+_DEDUP_KEYS = {"enabled", "window", "similarity", "short_similarity", "min_words"}
 _AGGREGATOR_KEYS = {
     "database", "output_dir", "interval", "concurrency", "timeout", "full_text",
     "allow_private_addresses", "user_agent", "host_concurrency", "extract_timeout", "min_interval", "max_interval",
 }
 _SERVER_KEYS = {"host", "port", "base_url"}
 _OUTPUT_KEYS = {"name", "title", "max_entries", "tags"}
-_FEED_KEYS = {"url", "name", "interval", "full_text", "tags"}
+_FEED_KEYS = {"url", "name", "interval", "full_text", "tags", "dedup"}
 
 
 def parse_duration(value: object) -> float:
@@ -123,6 +125,7 @@ class _Checker:
             host_concurrency=self._int(section, "host_concurrency", "aggregator.host_concurrency", 2, 1, 64),
             extract_timeout=self._duration(section, "extract_timeout", "aggregator.extract_timeout", 30.0),
             server=self._server(self._table(raw, "server")),
+            dedup=self._dedup(self._table(raw, "dedup")),
             outputs=self._outputs(raw.get("outputs")),
             feeds=self._feeds(raw.get("feeds"), interval, auto, full_text),
         )
@@ -132,7 +135,7 @@ class _Checker:
         if not isinstance(value, dict):
             self.errors.append(f"key '{key}': must be a table ([{key}])")
             return {}
-        allowed = {"aggregator": _AGGREGATOR_KEYS, "server": _SERVER_KEYS}[key]
+        allowed = {"aggregator": _AGGREGATOR_KEYS, "server": _SERVER_KEYS, "dedup": _DEDUP_KEYS}[key]
         self._unknown(value, allowed, f"{key}.")
         return value
 
@@ -152,6 +155,22 @@ class _Checker:
             port=self._int(section, "port", "server.port", 8080, 1, 65535),
             base_url=self._url(section["base_url"], "server.base_url") or None if "base_url" in section else None,
         )
+
+    def _dedup(self, section: dict[str, Any]) -> DedupSettings:
+        return DedupSettings(
+            enabled=self._bool(section, "enabled", "dedup.enabled", True),
+            window=self._duration(section, "window", "dedup.window", 3 * 86400.0),
+            similarity=self._share(section, "similarity", 0.5),
+            short_similarity=self._share(section, "short_similarity", 0.9),
+            min_words=self._int(section, "min_words", "dedup.min_words", 30, 1, 10_000),
+        )
+
+    def _share(self, section: dict[str, Any], key: str, default: float) -> float:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            self.errors.append(f"key 'dedup.{key}': must be a number above 0 and at most 1, got {value!r}")
+            return default
+        return float(value)
 
     def _outputs(self, raw: object) -> tuple[OutputConfig, ...]:
         if raw is None:
@@ -210,6 +229,7 @@ class _Checker:
             auto_interval=item.get("interval") == AUTO or (auto and "interval" not in item),
             full_text=self._bool(item, "full_text", f"{where}.full_text", full_text),
             tags=self._tags(item, f"{where}.tags"),
+            dedup=self._bool(item, "dedup", f"{where}.dedup", True),
         )
 
     def _url(self, url: object, where: str) -> str:

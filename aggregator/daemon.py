@@ -72,6 +72,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self.store = Store.open(self.config.database)
         self.store.sync_feeds(self.config.feeds, iso(utcnow()))
+        self.store.configure_dedup(self.config.dedup, self.config.feeds)
         self._last_success = self.store.last_success()
         app = build_app(lambda: self.config, self, self.metrics)
         server = make_server(app, self.config.server.host, self.config.server.port)
@@ -222,6 +223,7 @@ class Daemon:
         self.config = config
         self.context.config = config
         self.store.sync_feeds(config.feeds, iso(utcnow()))
+        self.store.configure_dedup(config.dedup, config.feeds)
         self._bring_forward([f for f in config.feeds if f.url in old and f.interval < old[f.url].interval])
         added = [f.url for f in config.feeds if f.url not in old]
         removed = [url for url in old if url not in {f.url for f in config.feeds}]

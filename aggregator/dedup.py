@@ -39,3 +39,89 @@ def match_url(candidates: list[Candidate], own_id: int | None = None) -> Match |
     if own_id is not None and original > own_id:
         return None
     return Match(original_id=original, rule=RULE_URL)
+
+
+RULE_NEAR = "near-duplicate"
+RULE_SHORT = "same-title"
+
+
+@dataclass(frozen=True)
+class DedupSettings:
+    """How alike two entries must be to be one story (``[dedup]`` in feeds.toml)."""
+
+    enabled: bool = True
+    window: float = 3 * 86400.0
+    similarity: float = 0.5
+    short_similarity: float = 0.9
+    min_words: int = 30
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """An entry's text as the near-duplicate rule sees it: a MinHash signature and the words it covers."""
+
+    signature: bytes
+    words: int
+
+
+@dataclass(frozen=True)
+class NearCandidate:
+    """A stored entry that shares at least one LSH band with the entry being decided."""
+
+    id: int
+    duplicate_of: int | None
+    fingerprint: Fingerprint
+    moment: float
+
+    @property
+    def story_id(self) -> int:
+        return self.duplicate_of if self.duplicate_of is not None else self.id
+
+
+BODY_MIN_WORDS = 30
+
+
+def fingerprint_text(title: str | None, body: str | None) -> str:
+    """The text an entry is fingerprinted by: its body, with the title only when the body is short.
+
+    A changed headline then does not hide a republished report.
+    """
+    from .similarity import words
+
+    if body and len(words(body)) >= BODY_MIN_WORDS:
+        return body
+    return " ".join(part for part in (title, body) if part)
+
+
+def fingerprint(text: str) -> Fingerprint | None:
+    from .similarity import signature, to_bytes, words
+
+    tokens = words(text)
+    sig = signature(tokens)
+    return Fingerprint(to_bytes(sig), len(tokens)) if sig is not None else None
+
+
+def match_near(
+    own: Fingerprint, moment: float, candidates: list[NearCandidate], settings: DedupSettings, own_id: int | None = None
+) -> Match | None:
+    """The earliest story among candidates similar enough and close enough in time, with the best similarity.
+
+    Long texts need ``similarity``; when either text is shorter than
+    ``min_words`` (a title-only item), ``short_similarity``.
+    """
+    from .similarity import from_bytes, jaccard
+
+    mine = from_bytes(own.signature)
+    best: tuple[float, int] | None = None
+    for candidate in candidates:
+        if candidate.id == own_id or abs(candidate.moment - moment) > settings.window:
+            continue
+        short = min(own.words, candidate.fingerprint.words) < settings.min_words
+        needed = settings.short_similarity if short else settings.similarity
+        score = jaccard(mine, from_bytes(candidate.fingerprint.signature))
+        if score >= needed and (best is None or (score, -candidate.story_id) > (best[0], -best[1])):
+            best = (score, candidate.story_id)
+    if best is None or (own_id is not None and best[1] >= own_id):
+        return None
+    short = own.words < settings.min_words
+    return Match(original_id=best[1], rule=RULE_SHORT if short else RULE_NEAR, similarity=round(best[0], 3))

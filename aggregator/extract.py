@@ -11,6 +11,7 @@ import codecs
 import re
 from dataclasses import dataclass
 
+from .dedup import Fingerprint, fingerprint, fingerprint_text
 from .sanitize import sanitize_html
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
@@ -51,6 +52,7 @@ class Article:
     author: str | None = None
     published: str | None = None
     language: str | None = None
+    fingerprint: Fingerprint | None = None
 
 
 class ExtractionFailed(Exception):
@@ -144,6 +146,7 @@ def extract_article(body: bytes, url: str, content_type: str | None = None) -> A
     return Article(
         text=text,
         html=markup,
+        fingerprint=fingerprint(fingerprint_text(document.title, text)),
         title=document.title or None,
         author=document.author or None,
         published=_iso_date(document.date),

@@ -39,6 +39,15 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Also:
+    """Another feed that carried the same story."""
+
+    feed_title: str
+    feed_url: str
+    link: str | None
+
+
+@dataclass(frozen=True)
 class Item:
     id: str
     title: str
@@ -51,6 +60,7 @@ class Item:
     body_text: str | None
     language: str | None
     source: Source
+    also: tuple[Also, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,7 @@ class FeedMeta:
     updated: datetime
 
 
-def item_from_row(row: EntryRow) -> Item:
+def item_from_row(row: EntryRow, also: Sequence[Also] = ()) -> Item:
     published = _time(row.published) or parse_iso(row.first_seen)
     published = min(published, parse_iso(row.first_seen))
     body = row.article_html or row.content or row.summary
@@ -78,7 +88,19 @@ def item_from_row(row: EntryRow) -> Item:
         body_text=_clean(row.article_text),
         language=row.language,
         source=Source(title=_clean(row.feed_title) or row.feed_url, url=row.feed_url, site_url=row.feed_site_url),
+        also=tuple(also),
     )
+
+
+def _with_also(body: str, also: Sequence[Also]) -> str:
+    """The body with a closing line naming the other feeds that reported the story."""
+    if not also:
+        return body
+    links = ", ".join(
+        f'<a href="{html.escape(a.link, quote=True)}">{html.escape(a.feed_title)}</a>' if a.link else html.escape(a.feed_title)
+        for a in also
+    )
+    return f"{body}\n<p>Also reported by: {links}</p>"
 
 
 def _time(text: str | None) -> datetime | None:
@@ -130,7 +152,7 @@ def _add_entry(fg: FeedGenerator, item: Item) -> None:
         fe.dc.dc_creator(item.author)
     if item.summary_html:
         fe.summary(item.summary_html, type="html")
-    fe.content(item.body_html, type="html")
+    fe.content(_with_also(item.body_html, item.also), type="html")
     fe.source(url=item.source.url, title=item.source.title)
 
 
@@ -157,7 +179,7 @@ def _json_item(item: Item) -> dict[str, object]:
     data: dict[str, object] = {"id": item.id, "title": item.title}
     if item.link:
         data["url"] = item.link
-    data["content_html"] = item.body_html
+    data["content_html"] = _with_also(item.body_html, item.also)
     if item.body_text:
         data["content_text"] = item.body_text
     if item.summary_html:
@@ -171,7 +193,11 @@ def _json_item(item: Item) -> dict[str, object]:
     source = {"title": item.source.title, "feed_url": item.source.url}
     if item.source.site_url:
         source["home_page_url"] = item.source.site_url
-    data["_aggregator"] = {"about": "https://jsonfeed.org/version/1.1#extensions", "source": source}
+    data["_aggregator"] = {
+        "about": "https://jsonfeed.org/version/1.1#extensions",
+        "source": source,
+        "also_reported_by": [{"title": a.feed_title, "feed_url": a.feed_url, "url": a.link} for a in item.also],
+    }
     return data
 
 
@@ -212,7 +238,8 @@ def write_outputs(config: Config, store: Store) -> list[Path]:
     config.output_dir.mkdir(parents=True, exist_ok=True)
     for output in config.outputs:
         rows = store.entries_for_output(output_feed_urls(config, output), output.max_entries)
-        items = [item_from_row(row) for row in rows]
+        also = store.also_reported_by(rows)
+        items = [item_from_row(row, [Also(s.feed_title, s.feed_url, s.link) for s in also[row.id]]) for row in rows]
         for fmt, path in output_paths(config, output).items():
             meta = _meta(config, output, fmt, items)
             _write_atomic(path, _RENDERERS[fmt](meta, items))

@@ -18,6 +18,7 @@ from typing import Any
 
 import feedparser
 
+from .dedup import fingerprint, fingerprint_text
 from .exceptions import ParseError
 from .sanitize import plain_text, sanitize_html
 from .schedule import feed_ttl, publish_interval
@@ -105,10 +106,16 @@ def _entry(raw: dict[str, Any], feed_url: str) -> ParsedEntry:
 
 
 def keyed(entry: ParsedEntry) -> ParsedEntry:
-    """The entry with its canonical URL and content hash, by which the store recognises it."""
+    """The entry with what the store recognises it by: canonical URL, content hash, text fingerprint."""
     parts = (entry.title, entry.link, entry.author, entry.published, entry.updated, entry.summary, entry.content)
     digest = hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
-    return replace(entry, url=canonical_url(entry.link) if entry.link else None, content_hash=digest)
+    text = fingerprint_text(entry.title, plain_text(entry.content or entry.summary))
+    return replace(
+        entry,
+        url=canonical_url(entry.link) if entry.link else None,
+        content_hash=digest,
+        fingerprint=fingerprint(text) if text else None,
+    )
 
 
 def _base(raw: Any, feed_url: str) -> str:

@@ -147,6 +147,7 @@ async def poll_feeds(
     """Poll ``feeds`` now, ``config.concurrency`` at a time, extract their new articles, rewrite every output."""
     started = time.monotonic()
     store.sync_feeds(config.feeds, iso(utcnow()))
+    store.configure_dedup(config.dedup, config.feeds)
     states = store.feed_states(feed.url for feed in feeds)
     summary = PassSummary()
     async with WorkerPool() as pool, Fetcher(fetch_settings(config)) as fetcher:

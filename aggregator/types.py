@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .dedup import DedupSettings, Fingerprint
+
 
 @dataclass(frozen=True)
 class FeedConfig:
@@ -14,6 +16,7 @@ class FeedConfig:
     auto_interval: bool = False
     full_text: bool = True
     tags: tuple[str, ...] = ()
+    dedup: bool = True
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Config:
     min_interval: float = 300.0
     max_interval: float = 86400.0
     server: ServerConfig = field(default_factory=ServerConfig)
+    dedup: DedupSettings = field(default_factory=DedupSettings)
     outputs: tuple[OutputConfig, ...] = (OutputConfig(),)
     feeds: tuple[FeedConfig, ...] = ()
 
@@ -103,6 +107,7 @@ class ParsedEntry:
     language: str | None = None
     url: str | None = None
     content_hash: str = ""
+    fingerprint: Fingerprint | None = None
 
 
 @dataclass(frozen=True)

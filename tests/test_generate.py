@@ -18,7 +18,8 @@ def row(**kw) -> EntryRow:
         id=1, feed_url="http://src.test/feed", guid="g1", url="http://n.test/a", link="http://n.test/a?x=1",
         title="Grüße aus Köln – »Test«", author="Jürgen", published="2026-11-19T08:00:00Z", updated=None,
         summary="<p>Kurz</p>", content="<p>Lang und ausführlich 😀</p>", article_text=None, article_html=None,
-        language="de", first_seen="2026-11-19T09:00:00Z", feed_title="Quelle", feed_site_url="http://src.test/",
+        language="de", first_seen="2026-11-19T09:00:00Z", duplicate_of=None, feed_title="Quelle",
+        feed_site_url="http://src.test/",
     )
     return EntryRow(**{**base, **kw})
 
@@ -93,3 +94,20 @@ def test_item_requires_no_network_fields():
                 summary_html=None, body_html="<p>t</p>", body_text=None, language=None,
                 source=Source(title="s", url="http://s.test/", site_url=None))
     assert feedparser.parse(render_atom(META, [item])).bozo == 0
+
+
+def test_also_reported_by_in_every_format():
+    from aggregator.generate import Also
+
+    also = [Also("Zweite Quelle", "http://b.test/feed", "http://b.test/story?a=1&b=2"), Also("Dritte", "http://c.test/feed", None)]
+    item = item_from_row(row(), also)
+    atom = feedparser.parse(render_atom(META, [item]))
+    assert atom.bozo == 0
+    content = atom.entries[0].content[0].value
+    assert "Also reported by" in content and "Zweite Quelle" in content and "Dritte" in content
+    assert 'href="http://b.test/story?a=1&amp;b=2"' in content
+    assert [link["href"] for link in atom.entries[0].links] == ["http://n.test/a?x=1"]
+    rss = feedparser.parse(render_rss(META, [item]))
+    assert rss.bozo == 0 and "Zweite Quelle" in rss.entries[0].content[0].value
+    extension = json.loads(render_json(META, [item]))["items"][0]["_aggregator"]
+    assert extension["also_reported_by"][0] == {"title": "Zweite Quelle", "feed_url": "http://b.test/feed", "url": "http://b.test/story?a=1&b=2"}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlite_utils import Database
 
+from ..dedup import Fingerprint
 from ..types import ArticleJob
 
 MAX_ATTEMPTS = 5
@@ -27,12 +28,19 @@ class ArticleOutcome:
     language: str | None = None
     next_at: str | None = None
     counts_as_attempt: bool = True
+    fingerprint: Fingerprint | None = None
 
 
 class ArticleLedger:
-    def __init__(self, db: Database, write: Callable[[], AbstractContextManager[Database]]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        write: Callable[[], AbstractContextManager[Database]],
+        text_changed: Callable[[Database, int, Fingerprint | None], None] | None = None,
+    ) -> None:
         self.db = db
         self._write = write
+        self._text_changed = text_changed
 
     def due(self, feed_urls: Sequence[str], now: str, limit: int = 10_000) -> list[ArticleJob]:
         """Entries of these feeds still waiting for their article, or due for another attempt."""
@@ -56,6 +64,8 @@ class ArticleLedger:
         with self._write() as db:
             for outcome in outcomes:
                 self._record_one(db, outcome, now)
+                if outcome.status == "done" and self._text_changed is not None:
+                    self._text_changed(db, outcome.entry_id, outcome.fingerprint)
 
     def _record_one(self, db: Database, outcome: ArticleOutcome, now: str) -> None:
         db.execute(

@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from ..dedup import RULE_URL, Candidate, Match, match_url
+from ..dedup import RULE_URL, Candidate, DedupSettings, Fingerprint, Match, match_url
 from ..exceptions import StorageError
 from ..types import ArticleJob, FeedConfig, FeedState, FetchResult, ParsedEntry, ParsedFeed
+from . import stories
 from .articles import ArticleLedger
 from .schema import migrations
 
@@ -68,8 +69,13 @@ class EntryRow:
     article_html: str | None
     language: str | None
     first_seen: str
+    duplicate_of: int | None
     feed_title: str | None
     feed_site_url: str | None
+
+    @property
+    def story_id(self) -> int:
+        return self.duplicate_of if self.duplicate_of is not None else self.id
 
 
 _ENTRY_COLUMNS = ", ".join(f"e.{f.name}" for f in fields(EntryRow) if not f.name.startswith("feed_") or f.name == "feed_url")
@@ -80,7 +86,21 @@ class Store:
     def __init__(self, db: Database, path: Path) -> None:
         self.db = db
         self.path = path
-        self.articles = ArticleLedger(db, self._write)
+        self.dedup = DedupSettings()
+        self.dedup_opted_out: frozenset[str] = frozenset()
+        self.articles = ArticleLedger(db, self._write, self._article_text_changed)
+
+    def configure_dedup(self, settings: DedupSettings, feeds: Sequence[FeedConfig]) -> None:
+        self.dedup = settings
+        self.dedup_opted_out = frozenset(feed.url for feed in feeds if not feed.dedup)
+
+    def _article_text_changed(self, db: Database, entry_id: int, fingerprint: Fingerprint | None) -> None:
+        """An extracted article fingerprints the entry better than its teaser: decide its story again."""
+        feed_url = self.scalar("SELECT feed_url FROM entries WHERE id = ?", [entry_id])
+        if fingerprint is None or feed_url is None or not self.near_duplicates(feed_url):
+            return
+        stories.save_fingerprint(db, entry_id, fingerprint, banded=True)
+        stories.reevaluate_near(db, entry_id, self.dedup)
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -244,7 +264,7 @@ class Store:
                 new += 1
                 duplicates += match is not None
             elif known[1] != entry.content_hash:
-                entry_id, match = known[0], self._update(db, known[0], entry, now, full_text)
+                entry_id, match = known[0], self._update(db, feed_url, known[0], entry, now, full_text)
                 updated += 1
             else:
                 continue
@@ -277,27 +297,41 @@ class Store:
         self, db: Database, feed_url: str, entry: ParsedEntry, now: str,
         candidates: dict[str, list[Candidate]], full_text: bool,
     ) -> tuple[int, Match | None]:
+        near = self.near_duplicates(feed_url)
         match = match_url(candidates.get(entry.url, [])) if entry.url else None
+        if match is None and near:
+            match = stories.near_match(db, entry.fingerprint, stories.moment(entry.published, now), self.dedup)
         status, reason = _extraction_state(entry, match, full_text)
+        fingerprint = entry.fingerprint
         cursor = db.execute(
             """
             INSERT INTO entries (feed_url, guid, url, link, title, author, published, updated, summary,
-                content, language, first_seen, content_hash, duplicate_of, duplicate_rule,
-                extraction_status, extraction_error)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                content, language, first_seen, content_hash, duplicate_of, duplicate_rule, similarity,
+                extraction_status, extraction_error, fingerprint, fingerprint_words)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             [
                 feed_url, entry.guid, entry.url, entry.link, entry.title, entry.author, entry.published,
                 entry.updated, entry.summary, entry.content, entry.language, now, entry.content_hash,
-                match.original_id if match else None, match.rule if match else None, status, reason,
+                match.original_id if match else None, match.rule if match else None,
+                match.similarity if match else None, status, reason,
+                fingerprint.signature if fingerprint else None, fingerprint.words if fingerprint else None,
             ],
         )
         entry_id = int(cursor.lastrowid or 0)
+        if fingerprint is not None and near:
+            stories.save_fingerprint(db, entry_id, fingerprint, banded=True)
         if entry.url:
             candidates[entry.url].append(Candidate(id=entry_id, duplicate_of=match.original_id if match else None))
         return entry_id, match
 
-    def _update(self, db: Database, entry_id: int, entry: ParsedEntry, now: str, full_text: bool) -> Match | None:
+    def near_duplicates(self, feed_url: str) -> bool:
+        """Whether this feed's entries take part in near-duplicate detection."""
+        return self.dedup.enabled and feed_url not in self.dedup_opted_out
+
+    def _update(
+        self, db: Database, feed_url: str, entry_id: int, entry: ParsedEntry, now: str, full_text: bool
+    ) -> Match | None:
         db.execute(
             """
             UPDATE entries SET url = ?, link = ?, title = ?, author = ?, published = ?, updated = ?,
@@ -307,7 +341,8 @@ class Store:
             [entry.url, entry.link, entry.title, entry.author, entry.published, entry.updated,
              entry.summary, entry.content, entry.language, now, entry.content_hash, entry_id],
         )
-        match = self._reevaluate(db, entry_id, entry.url)
+        stories.save_fingerprint(db, entry_id, entry.fingerprint, banded=self.near_duplicates(feed_url))
+        match = self._reevaluate(db, entry_id, entry.url, feed_url)
         if full_text:
             status, reason = _extraction_state(entry, match, full_text)
             db.execute(
@@ -320,19 +355,16 @@ class Store:
             )
         return match
 
-    def _reevaluate(self, db: Database, entry_id: int, key: str | None) -> Match | None:
+    def _reevaluate(self, db: Database, entry_id: int, key: str | None, feed_url: str) -> Match | None:
         """An edited entry may now match an earlier story; it and its members then join that story."""
         row = db.execute("SELECT duplicate_of, duplicate_rule FROM entries WHERE id = ?", [entry_id]).fetchone()
         if row is None or row[0] is not None:
             return Match(original_id=row[0], rule=row[1]) if row else None
         match = match_url(self._candidates(db, {key}).get(key, []) if key else [], own_id=entry_id)
-        if match is None:
-            return None
-        db.execute(
-            "UPDATE entries SET duplicate_of = ?, duplicate_rule = ? WHERE id = ? OR duplicate_of = ?",
-            [match.original_id, match.rule, entry_id, entry_id],
-        )
-        return match
+        if match is not None:
+            stories.join(db, entry_id, match)
+            return match
+        return stories.reevaluate_near(db, entry_id, self.dedup) if self.near_duplicates(feed_url) else None
 
     def entries_for_output(self, feed_urls: Sequence[str] | None, limit: int) -> list[EntryRow]:
         """Newest first, one entry per story: the earliest member among ``feed_urls``."""
@@ -356,6 +388,15 @@ class Store:
         """
         rows = self.db.execute(sql, [*params, limit]).fetchall()
         return [EntryRow(*row) for row in rows]
+
+    def also_reported_by(self, rows: Sequence[EntryRow]) -> dict[int, list[stories.Source]]:
+        """For each shown entry, the story's other members: where else it was reported."""
+        found = stories.sources(self.db, sorted({row.story_id for row in rows}))
+        return {row.id: [s for s in found.get(row.story_id, []) if s.entry_id != row.id] for row in rows}
+
+    def story(self, entry_id: int) -> list[stories.Member]:
+        """The story an entry belongs to: its original first, then every member with why it joined."""
+        return stories.members(self.db, entry_id)
 
     def feeds(self) -> list[FeedRow]:
         rows = self.db.execute(f"SELECT {_FEED_COLUMNS} FROM feeds ORDER BY url").fetchall()
