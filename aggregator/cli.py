@@ -134,6 +134,64 @@ def generate(config_path: str | None) -> None:
     click.echo(f"wrote {len(paths)} files to {config.output_dir}")
 
 
+@main.command("import-opml")
+@config_option
+@click.argument("opml_file", metavar="FILE")
+@click.option("--dry-run", is_flag=True, help="Show what would be added; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def import_opml_command(config_path: str | None, opml_file: str, dry_run: bool, as_json: bool) -> None:
+    """Append the feeds of an OPML FILE to feeds.toml as [[feeds]] tables.
+
+    Folders and categories become tags; feeds already configured are left as they are.
+    The file is only replaced once the result loads; exits 1 on a malformed OPML file.
+    """
+    from .opml import dumps_report, import_opml
+
+    with failures():
+        report = import_opml(opml_file, resolve_config_path(config_path), dry_run=dry_run)
+    click.echo(dumps_report(report) if as_json else "\n".join(report.lines()))
+
+
+@main.command("export-opml")
+@config_option
+@click.option("--output", "-o", metavar="FILE", help="Write the OPML to FILE instead of standard output.")
+def export_opml_command(config_path: str | None, output: str | None) -> None:
+    """Write the configured feeds as OPML 2.0, one folder per feed's first tag."""
+    from pathlib import Path
+
+    from .opml import export_opml
+
+    with failures():
+        config = open_config(config_path)
+        data, count = export_opml(config, warn=lambda message: click.echo(f"aggregator: warning: {message}", err=True))
+    if not output or output == "-":
+        click.get_binary_stream("stdout").write(data)
+        return
+    try:
+        Path(output).write_bytes(data)
+    except OSError as e:
+        raise click.ClickException(f"{output}: cannot write: {e.strerror or e}") from e
+    click.echo(f"wrote {count} feed{'' if count == 1 else 's'} to {output}")
+
+
+@main.command()
+@config_option
+@click.argument("entry_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the story as JSON.")
+def explain(config_path: str | None, entry_id: int, as_json: bool) -> None:
+    """Show the story ENTRY_ID belongs to: its original, every member and why each one joined."""
+    from . import explain as story
+
+    with failures():
+        config = open_config(config_path)
+        with Store.open(config.database) as store:
+            members = store.story(entry_id)
+    if not members:
+        raise click.ClickException(f"no entry {entry_id} in {config.database}")
+    click.echo(json.dumps(story.as_dict(entry_id, members), ensure_ascii=False, indent=2) if as_json
+               else story.render_text(entry_id, members))
+
+
 @main.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
@@ -147,3 +205,31 @@ def stats(config_path: str | None, as_json: bool) -> None:
         click.echo(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
     else:
         click.echo(render_text(result))
+
+
+@main.command()
+@config_option
+@click.argument("query", nargs=-1, required=True)
+@click.option("--feed", metavar="URL", help="Only entries of this feed (its URL or name).")
+@click.option("--since", metavar="WHEN", help="Only entries published since a date (2026-11-01) or within a duration (7d).")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most this many stories.")
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+def search(config_path: str | None, query: tuple[str, ...], feed: str | None, since: str | None, limit: int, as_json: bool) -> None:
+    """Full-text search over the stored entries, one hit per story, best first.
+
+    QUERY is words and "quoted phrases", all of which must occur; -word excludes a word,
+    word* matches its prefix. Case and diacritics are ignored (brucke finds Brücke).
+    """
+    from . import search as searching
+
+    with failures():
+        config = open_config(config_path)
+        with Store.open(config.database) as store:
+            hits = searching.search(store, " ".join(query), feed=feed, since=since, limit=limit)
+    if as_json:
+        click.echo(json.dumps([hit.as_dict() for hit in hits], ensure_ascii=False, indent=2))
+    elif hits:
+        bold = (lambda text: click.style(text, bold=True)) if click.get_text_stream("stdout").isatty() else None
+        click.echo(searching.render_text(hits, emphasis=bold))
+    else:
+        click.echo("no entries match", err=True)

@@ -19,7 +19,7 @@ def documented_columns(table: str) -> set[str]:
 
 def test_every_column_is_documented(tmp_path):
     with Store.open(tmp_path / "agg.db") as store:
-        for table in ("feeds", "entries"):
+        for table in ("feeds", "entries", "entries_fts", *store.db.view_names()):
             columns = {column.name for column in store.db[table].columns}
             assert columns == documented_columns(table), table
 

@@ -91,3 +91,104 @@ def m004_feed_rhythm(db: Database) -> None:
     db.execute("ALTER TABLE feeds ADD COLUMN ttl INTEGER")
     db.execute("ALTER TABLE feeds ADD COLUMN publish_interval INTEGER")
     db.execute("CREATE INDEX feeds_next_poll_at ON feeds(next_poll_at)")
+
+
+# Full-text search (m005). The index holds plain text: the triggers strip the tags of the HTML
+# columns themselves, in SQL, so the index stays right whoever writes to `entries` (aggregator,
+# the sqlite3 shell, Datasette) and a search for "href" or "figure" finds words, not markup.
+FTS_COLUMNS = ("title", "summary", "content", "article_text")
+FTS_TOKENIZER = "unicode61 remove_diacritics 2"
+FTS_RANK = "bm25(10.0, 4.0, 1.0, 1.0)"  # a word in the title counts most, then the summary
+_INLINE_TAGS = " a abbr b bdi bdo cite code data del dfn em i ins kbd mark q s samp small span strong sub sup time u var "
+_ENTITIES = (("&nbsp;", " "), ("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&#39;", "''"), ("&amp;", "&"))
+
+
+def html_text_sql(column: str) -> str:
+    """SQL for the text of the sanitised HTML in ``column``: tags dropped, entities decoded.
+
+    json_each splits the HTML at its tags (triggers allow no CTEs, and a Python function would
+    not exist in other people's connections). Inline tags vanish (``Brü<b>cke</b>`` stays one
+    word); any other tag becomes a space. Sanitised HTML escapes ``<`` and ``>`` in text and
+    attributes alike, so they only ever delimit tags.
+    """
+    parts = f"""json_each('[' || replace(replace(json_quote({column}), '<', '","<'), '>', '>","') || ']')"""
+    tag = "substr(value, 2 + (substr(value, 2, 1) = '/'))"
+    name = f"lower(substr({tag}, 1, instr(replace(replace({tag}, '>', ' '), '/', ' ') || ' ', ' ') - 1))"
+    pieces = f"CASE WHEN substr(value, 1, 1) <> '<' THEN value WHEN instr('{_INLINE_TAGS}', ' ' || {name} || ' ') THEN '' ELSE ' ' END"
+    text = f"CASE WHEN instr({column}, '<') THEN (SELECT group_concat({pieces}, '') FROM {parts}) ELSE {column} END"
+    for entity, char in _ENTITIES:
+        text = f"replace({text}, '{entity}', '{char}')"
+    return text
+
+
+def _fts_values(row: str) -> str:
+    """The index row of an entry, from ``new`` (in a trigger) or ``entries`` (the backfill)."""
+    return f"{row}.id, {row}.title, {html_text_sql(f'{row}.summary')}, {html_text_sql(f'{row}.content')}, {row}.article_text"
+
+
+@migrations()
+def m005_full_text_search(db: Database) -> None:
+    """entries_fts: the plain text of every entry (rowid = entries.id), kept in step by triggers."""
+    columns = ", ".join(FTS_COLUMNS)
+    db.execute(f"CREATE VIRTUAL TABLE entries_fts USING fts5({columns}, tokenize = '{FTS_TOKENIZER}')")
+    db.execute(f"INSERT INTO entries_fts (entries_fts, rank) VALUES ('rank', '{FTS_RANK}')")
+    db.execute(f"INSERT INTO entries_fts (rowid, {columns}) SELECT {_fts_values('entries')} FROM entries")
+    insert = f"INSERT INTO entries_fts (rowid, {columns})\n    VALUES ({_fts_values('new')});"
+    delete = "DELETE FROM entries_fts WHERE rowid = old.id;"
+    db.execute(f"CREATE TRIGGER entries_fts_insert AFTER INSERT ON entries BEGIN\n    {insert}\nEND")
+    db.execute(f"CREATE TRIGGER entries_fts_update AFTER UPDATE OF id, {columns} ON entries BEGIN\n    {delete}\n    {insert}\nEND")
+    db.execute(f"CREATE TRIGGER entries_fts_delete AFTER DELETE ON entries BEGIN\n    {delete}\nEND")
+
+
+def _story_feeds(expression: str) -> str:
+    """SQL: a JSON array of ``expression`` over the feeds of story ``o``, in the order they reported it."""
+    return f"""(SELECT json_group_array(feed) FROM (
+            SELECT {expression} AS feed FROM entries m JOIN feeds f ON f.url = m.feed_url
+            WHERE m.id = o.id OR m.duplicate_of = o.id GROUP BY m.feed_url ORDER BY min(m.id)))"""
+
+
+@migrations()
+def m006_views(db: Database) -> None:
+    """Views for people writing SQL: one row per story, and each feed's health in a word."""
+    db.execute(
+        f"""
+        CREATE VIEW stories AS
+        SELECT o.id, o.feed_url, o.title, o.link, o.published, o.first_seen,
+            1 + (SELECT count(*) FROM entries d WHERE d.duplicate_of = o.id) AS member_count,
+            {_story_feeds("coalesce(f.name, f.title, f.url)")} AS sources,
+            {_story_feeds("f.url")} AS feed_urls
+        FROM entries o
+        WHERE o.duplicate_of IS NULL
+        """
+    )
+    db.execute(
+        """
+        CREATE VIEW feed_health AS
+        SELECT f.url, f.name, f.title,
+            CASE WHEN f.last_polled_at IS NULL THEN 'never polled'
+                WHEN f.last_error IS NOT NULL THEN 'failing'
+                WHEN f.moved_to IS NOT NULL THEN 'moved'
+                ELSE 'ok' END AS status,
+            f.last_status, f.last_error, f.last_warning, f.error_count, f.last_polled_at,
+            f.last_success_at, f.next_poll_at, f.moved_to,
+            (SELECT count(*) FROM entries e WHERE e.feed_url = f.url) AS entry_count
+        FROM feeds f
+        """
+    )
+
+
+@migrations()
+def m007_near_duplicates(db: Database) -> None:
+    db.execute("ALTER TABLE entries ADD COLUMN fingerprint BLOB")
+    db.execute("ALTER TABLE entries ADD COLUMN fingerprint_words INTEGER")
+    db.execute("ALTER TABLE entries ADD COLUMN similarity REAL")
+    db.execute(
+        """
+        CREATE TABLE entry_bands (
+            key INTEGER NOT NULL,
+            entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE,
+            PRIMARY KEY (key, entry_id)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute("CREATE INDEX entry_bands_entry ON entry_bands(entry_id)")
