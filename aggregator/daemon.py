@@ -81,23 +81,26 @@ class Daemon:
             articles = ArticleStage(self.store, fetcher, pool, article_settings(self.config), _ArticleMetrics(self))
             self.context = PollContext(self.config, self.store, fetcher, pool, articles, unchanged_batch=1)
             serving = asyncio.create_task(server.serve())
+            await _until_listening(server, serving)
             self._install_signals()
             self._start_scheduler()
             if not outputs_current(self.config):
                 self.schedule_generate(0)
             log.info("aggregator running: %d feeds, serving on %s", len(self.config.feeds), self.config.server.public_url)
-            await self._wait_for_stop(serving)
-            await self._shut_down(server, serving)
-            await self.context.fetcher.aclose()
-        self.store.close()
+            try:
+                await self._wait_for_stop(serving)
+            finally:
+                await self._shut_down(server, serving)
+                await self.context.fetcher.aclose()
+                self.store.close()
 
     async def _wait_for_stop(self, serving: asyncio.Task[None]) -> None:
         assert self._stop is not None
         stopping = asyncio.create_task(self._stop.wait())
         await asyncio.wait({stopping, serving}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
-        if serving.done() and serving.exception():
-            raise serving.exception()  # type: ignore[misc]
+        if serving.done() and serving.exception() is not None:
+            raise serving.exception()  # type: ignore[misc]  # the server could not start: the CLI says why
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -248,7 +251,8 @@ class Daemon:
             self.store.poll_no_later_than([feed.url], iso(utcnow() + timedelta(seconds=feed.interval)))
 
     async def _shut_down(self, server: object, serving: asyncio.Task[None]) -> None:
-        assert self.context is not None
+        assert self.context is not None and self._stop is not None
+        self._stop.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self.metrics.set_scheduler_running(False)
@@ -282,6 +286,14 @@ class _ArticleMetrics:
         self.daemon.metrics.record_extraction(outcome.status if outcome.counts_as_attempt else "deferred")
         if outcome.status == "done":
             self.daemon.schedule_generate()
+
+
+async def _until_listening(server: object, serving: asyncio.Task[None]) -> None:
+    """Polling starts only once the server listens; an address in use fails the start, before any poll."""
+    while not getattr(server, "started", False) and not serving.done():
+        await asyncio.sleep(0.02)
+    if serving.done():
+        serving.result()
 
 
 def _shapes_outputs(config: Config) -> object:

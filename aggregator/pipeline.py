@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from .articles import ArticleSettings, ArticleStage
@@ -198,7 +198,8 @@ def _due(
     config = context.config
     interval = Interval(feed.interval, feed.auto_interval, config.min_interval, config.max_interval)
     seconds = base_interval(interval, publish_every)
-    return iso(next_poll(now, seconds, hints=hints, errors=errors, jitter=random.random()))
+    due = next_poll(now, seconds, hints=hints, errors=errors, jitter=random.random())
+    return iso(due + timedelta(microseconds=1_000_000 - due.microsecond) if due.microsecond else due)
 
 
 async def _store_result(
