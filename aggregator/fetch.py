@@ -11,8 +11,8 @@ import asyncio
 import errno
 import socket
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -21,6 +21,7 @@ import certifi
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from .decoding import ACCEPT_ENCODING, Decoder, DecodingFailed
 from .exceptions import FetchError, RefusedAddressError, TooLargeError
 from .netguard import refusal
 from .types import FetchResult
@@ -106,7 +107,7 @@ class Fetcher:
         self.settings = settings
         self._client = httpx.AsyncClient(
             transport=transport or guarded_transport(settings),
-            headers={"User-Agent": settings.user_agent},
+            headers={"User-Agent": settings.user_agent, "Accept-Encoding": ACCEPT_ENCODING},
             timeout=httpx.Timeout(settings.timeout),
             follow_redirects=False,
             trust_env=False,
@@ -194,17 +195,34 @@ class Fetcher:
 
 
 async def _read_capped(url: str, response: httpx.Response, max_bytes: int) -> bytes:
+    """The decoded body, refused as soon as it grows past ``max_bytes`` (compression bombs included)."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise TooLargeError(url, f"response too large: {int(declared):,} bytes (limit {max_bytes:,})")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > max_bytes:
-            raise TooLargeError(url, f"response too large: over {max_bytes:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body = _CappedBody(url, max_bytes)
+    try:
+        decoder = Decoder(response.headers.get("content-encoding"))
+        async for raw in response.aiter_raw():
+            body.extend(decoder.feed(raw))
+        body.extend(decoder.finish())
+    except DecodingFailed as e:
+        raise FetchError(url, str(e)) from e
+    return b"".join(body.pieces)
+
+
+@dataclass
+class _CappedBody:
+    url: str
+    limit: int
+    size: int = 0
+    pieces: list[bytes] = field(default_factory=list)
+
+    def extend(self, pieces: Iterable[bytes]) -> None:
+        for piece in pieces:
+            self.size += len(piece)
+            if self.size > self.limit:
+                raise TooLargeError(self.url, f"response too large: over {self.limit:,} bytes once decompressed")
+            self.pieces.append(piece)
 
 
 def _refusal_message(error: AddressRefused, allow_private: bool) -> str:
