@@ -60,6 +60,8 @@ class Daemon:
         self._stop: asyncio.Event | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._last_success: str | None = None
+        self._configured: dict[str, FeedConfig] = {feed.url: feed for feed in self.config.feeds}
+        self._unconfigured = 0
         self.store: Store | None = None
         self.context: PollContext | None = None
 
@@ -73,6 +75,7 @@ class Daemon:
         self.store = Store.open(self.config.database)
         self.store.sync_feeds(self.config.feeds, iso(utcnow()))
         self.store.configure_dedup(self.config.dedup, self.config.feeds)
+        self._count_unconfigured()
         self._last_success = self.store.last_success()
         app = build_app(lambda: self.config, self, self.metrics)
         server = make_server(app, self.config.server.host, self.config.server.port)
@@ -129,18 +132,26 @@ class Daemon:
     async def _dispatch_job(self) -> None:
         self.dispatch()
 
+    def _count_unconfigured(self) -> None:
+        assert self.store is not None
+        self._unconfigured = max(0, self.store.feed_counts()[0] - len(self._configured))
+
     def dispatch(self) -> None:
-        """Start a poll for every due feed there is room for."""
+        """Start a poll for every due feed there is room for; the cost is bounded by the room, not the feeds."""
         assert self.store is not None and self._stop is not None
-        if self._stop.is_set():
-            return
-        configured = {feed.url: feed for feed in self.config.feeds}
-        due = [url for url in self.store.due_feeds(iso(utcnow())) if url in configured and url not in self._in_flight]
         room = self.config.concurrency - len(self._in_flight)
-        if not due or room <= 0:
+        if self._stop.is_set() or room <= 0:
             return
-        states = self.store.feed_states(due[: room * 4])
-        for url in due[: room * 4]:
+        limit = room * 4 + len(self._in_flight) + self._unconfigured
+        due = [
+            url for url in self.store.due_feeds(iso(utcnow()), limit)
+            if url in self._configured and url not in self._in_flight
+        ][: room * 4]
+        if not due:
+            return
+        configured = self._configured
+        states = self.store.feed_states(due)
+        for url in due:
             if len(self._in_flight) >= self.config.concurrency:
                 break
             state = states.get(url, FeedState(url))
@@ -225,7 +236,9 @@ class Daemon:
         old = {feed.url: feed for feed in previous.feeds}
         self.config = config
         self.context.config = config
+        self._configured = {feed.url: feed for feed in config.feeds}
         self.store.sync_feeds(config.feeds, iso(utcnow()))
+        self._count_unconfigured()
         self.store.configure_dedup(config.dedup, config.feeds)
         self._bring_forward([f for f in config.feeds if f.url in old and f.interval < old[f.url].interval])
         added = [f.url for f in config.feeds if f.url not in old]

@@ -6,6 +6,9 @@ separate process from Python.
 
 Routes: ``/feeds/{i}.xml`` (RSS 2.0, ETag/Last-Modified, 304, gzip),
 ``/articles/{i}/{j}`` (HTML page) and ``/_stats`` (JSON response counters).
+With ``--ttl 0`` the feeds carry no ``<ttl>`` (default: 30 minutes, which a
+poller honours as a lower bound on its interval).  With ``--request-log``,
+``/_requests`` returns the wall-clock time of every feed request, per feed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import selectors
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -139,7 +143,8 @@ def render_item(base_url: str, item: Item) -> str:
     )
 
 
-def render_feed(base_url: str, feed: int, n_items: int) -> tuple[bytes, datetime]:
+def render_feed(base_url: str, feed: int, n_items: int, ttl: int = 30) -> tuple[bytes, datetime]:
+    """The feed's RSS document and its newest date; ``ttl`` in minutes, 0 for no ``<ttl>`` element."""
     items = [make_item(feed, j) for j in range(n_items)]
     newest = max((item.published for item in items), default=BASE_TIME)
     lang = "de-DE" if feed % 3 == 0 else "en-GB"
@@ -152,15 +157,15 @@ def render_feed(base_url: str, feed: int, n_items: int) -> tuple[bytes, datetime
         f"<description>Deterministic benchmark feed number {feed}</description>\n"
         f"<language>{lang}</language>\n"
         f"<lastBuildDate>{format_datetime(newest, usegmt=True)}</lastBuildDate>\n"
-        "<ttl>30</ttl>\n"
+        + (f"<ttl>{ttl}</ttl>\n" if ttl else "")
         + "".join(render_item(base_url, item) for item in items)
         + "</channel>\n</rss>\n"
     )
     return text.encode(), newest
 
 
-def build_feed_doc(base_url: str, feed: int, n_items: int) -> FeedDoc:
-    body, newest = render_feed(base_url, feed, n_items)
+def build_feed_doc(base_url: str, feed: int, n_items: int, ttl: int = 30) -> FeedDoc:
+    body, newest = render_feed(base_url, feed, n_items, ttl)
     digest = hashlib.sha1(body).hexdigest()[:20]
     return FeedDoc(
         identity=Representation(body, f'"{digest}"'),
@@ -212,20 +217,26 @@ def accepts_gzip(request: web.Request) -> bool:
 
 
 class FeedApp:
-    def __init__(self, base_url: str, n_feeds: int, n_items: int, full_pages: bool = False) -> None:
+    def __init__(
+        self, base_url: str, n_feeds: int, n_items: int, full_pages: bool = False, ttl: int = 30,
+        request_log: bool = False,
+    ) -> None:
         self.base_url = base_url
         self.full_pages = full_pages
         self.n_feeds = n_feeds
         self.n_items = n_items
-        self.docs = [build_feed_doc(base_url, i, n_items) for i in range(n_feeds)]
+        self.docs = [build_feed_doc(base_url, i, n_items, ttl) for i in range(n_feeds)]
         self.article_cache: dict[tuple[int, int], bytes] = {}
         self.stats = {"feed_200": 0, "feed_304": 0, "article_200": 0, "not_found": 0}
+        self.requests: dict[int, list[float]] | None = {} if request_log else None
 
     async def feed(self, request: web.Request) -> web.Response:
         index = int(request.match_info["i"])
         if index >= self.n_feeds:
             self.stats["not_found"] += 1
             raise web.HTTPNotFound()
+        if self.requests is not None:
+            self.requests.setdefault(index, []).append(time.time())
         doc = self.docs[index]
         rep = doc.gzipped if accepts_gzip(request) else doc.identity
         headers = {"ETag": rep.etag, "Last-Modified": doc.last_modified, "Vary": "Accept-Encoding"}
@@ -259,20 +270,29 @@ class FeedApp:
     async def stats_json(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats)
 
+    async def requests_json(self, request: web.Request) -> web.Response:
+        """``{feed index: [unix time of each request, ...]}``; 404 unless started with ``--request-log``."""
+        if self.requests is None:
+            raise web.HTTPNotFound()
+        return web.json_response({str(i): times for i, times in self.requests.items()})
+
     def application(self) -> web.Application:
         app = web.Application()
         app.router.add_get(r"/feeds/{i:\d+}.xml", self.feed)
         app.router.add_get(r"/articles/{i:\d+}/{j:\d+}", self.article)
         app.router.add_get("/_stats", self.stats_json)
+        app.router.add_get("/_requests", self.requests_json)
         return app
 
 
-async def serve(n_feeds: int, n_items: int, port: int, full_pages: bool = False) -> None:
+async def serve(
+    n_feeds: int, n_items: int, port: int, full_pages: bool = False, ttl: int = 30, request_log: bool = False
+) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, port))
     base_url = f"http://{HOST}:{sock.getsockname()[1]}"
-    feed_app = FeedApp(base_url, n_feeds, n_items, full_pages)
+    feed_app = FeedApp(base_url, n_feeds, n_items, full_pages, ttl, request_log)
     gc.collect()
     gc.freeze()
     runner = web.AppRunner(feed_app.application(), access_log=None, keepalive_timeout=75)
@@ -283,10 +303,13 @@ async def serve(n_feeds: int, n_items: int, port: int, full_pages: bool = False)
 
 
 def start_server(
-    n_feeds: int, items: int, timeout: float = 60.0, full_pages: bool = False
+    n_feeds: int, items: int, timeout: float = 60.0, full_pages: bool = False, ttl: int = 30,
+    request_log: bool = False,
 ) -> tuple[subprocess.Popen[str], str]:
     """Start the server in a child process; return it and its base URL."""
     extra = ["--full-pages"] if full_pages else []
+    extra += ["--ttl", str(ttl)] if ttl != 30 else []
+    extra += ["--request-log"] if request_log else []
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--feeds", str(n_feeds), "--items", str(items), *extra],
         stdout=subprocess.PIPE,
@@ -316,6 +339,12 @@ def fetch_stats(base_url: str) -> dict[str, int]:
     return stats
 
 
+def fetch_requests(base_url: str) -> dict[int, list[float]]:
+    """Unix times of every feed request per feed index (server started with ``request_log=True``)."""
+    with urllib.request.urlopen(f"{base_url}/_requests", timeout=60) as response:
+        return {int(i): times for i, times in json.loads(response.read()).items()}
+
+
 def stop_server(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -332,9 +361,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=20)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--full-pages", action="store_true", help="serve 40-80 KB article pages (bench/pages.py)")
+    parser.add_argument("--ttl", type=int, default=30, help="<ttl> of every feed in minutes; 0: none")
+    parser.add_argument("--request-log", action="store_true", help="keep each feed request's time for /_requests")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.feeds, args.items, args.port, args.full_pages))
+        asyncio.run(serve(args.feeds, args.items, args.port, args.full_pages, args.ttl, args.request_log))
 
 
 if __name__ == "__main__":

@@ -159,13 +159,13 @@ class Store:
                 states[row[0]] = FeedState(*row)
         return states
 
-    def due_feeds(self, now: str) -> list[str]:
+    def due_feeds(self, now: str, limit: int = 1_000_000) -> list[str]:
         """Feeds due for a poll (never polled first, then the most overdue), configured or not."""
-        rows = self.db.execute(
-            "SELECT url FROM feeds WHERE next_poll_at IS NULL OR next_poll_at <= ? ORDER BY next_poll_at IS NOT NULL, next_poll_at",
-            [now],
+        fresh = [row[0] for row in self.db.execute("SELECT url FROM feeds WHERE next_poll_at IS NULL LIMIT ?", [limit])]
+        overdue = self.db.execute(
+            "SELECT url FROM feeds WHERE next_poll_at <= ? ORDER BY next_poll_at LIMIT ?", [now, limit - len(fresh)]
         )
-        return [row[0] for row in rows]
+        return fresh + [row[0] for row in overdue]
 
     def poll_no_later_than(self, urls: Sequence[str], moment: str) -> None:
         """Bring the next poll of these feeds forward to ``moment`` where it is later (a shorter interval)."""
