@@ -162,7 +162,7 @@ class _Checker:
             window=self._duration(section, "window", "dedup.window", 3 * 86400.0),
             similarity=self._share(section, "similarity", 0.5),
             short_similarity=self._share(section, "short_similarity", 0.9),
-            min_words=self._int(section, "min_words", "dedup.min_words", 30, 1, 10_000),
+            min_words=self._int(section, "min_words", "dedup.min_words", 80, 1, 10_000),
         )
 
     def _share(self, section: dict[str, Any], key: str, default: float) -> float:

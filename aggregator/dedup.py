@@ -53,7 +53,7 @@ class DedupSettings:
     window: float = 3 * 86400.0
     similarity: float = 0.5
     short_similarity: float = 0.9
-    min_words: int = 30
+    min_words: int = 80
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ class NearCandidate:
     duplicate_of: int | None
     fingerprint: Fingerprint
     moment: float
+    feed_url: str = ""
 
     @property
     def story_id(self) -> int:
@@ -81,33 +82,29 @@ class NearCandidate:
 BODY_MIN_WORDS = 30
 
 
-def fingerprint_text(title: str | None, body: str | None) -> str:
-    """The text an entry is fingerprinted by: its body, with the title only when the body is short.
+def fingerprint_of(title: str | None, body: str | None) -> Fingerprint | None:
+    """An entry's fingerprint: of its body, with the title only when the body is short.
 
     A changed headline then does not hide a republished report.
     """
-    from .similarity import words
-
-    if body and len(words(body)) >= BODY_MIN_WORDS:
-        return body
-    return " ".join(part for part in (title, body) if part)
-
-
-def fingerprint(text: str) -> Fingerprint | None:
     from .similarity import signature, to_bytes, words
 
-    tokens = words(text)
+    tokens = words(body) if body else []
+    if len(tokens) < BODY_MIN_WORDS:
+        tokens = words(title or "") + tokens
     sig = signature(tokens)
     return Fingerprint(to_bytes(sig), len(tokens)) if sig is not None else None
 
 
 def match_near(
-    own: Fingerprint, moment: float, candidates: list[NearCandidate], settings: DedupSettings, own_id: int | None = None
+    own: Fingerprint, moment: float, candidates: list[NearCandidate], settings: DedupSettings,
+    own_id: int | None = None, feed_url: str = "",
 ) -> Match | None:
     """The earliest story among candidates similar enough and close enough in time, with the best similarity.
 
     Long texts need ``similarity``; when either text is shorter than
-    ``min_words`` (a title-only item), ``short_similarity``.
+    ``min_words`` (a title-only item), ``short_similarity``, and never within one
+    feed: a feed repeating a title ("Die Lage am Morgen") publishes a new item.
     """
     from .similarity import from_bytes, jaccard
 
@@ -117,6 +114,8 @@ def match_near(
         if candidate.id == own_id or abs(candidate.moment - moment) > settings.window:
             continue
         short = min(own.words, candidate.fingerprint.words) < settings.min_words
+        if short and feed_url and candidate.feed_url == feed_url:
+            continue
         needed = settings.short_similarity if short else settings.similarity
         score = jaccard(mine, from_bytes(candidate.fingerprint.signature))
         if score >= needed and (best is None or (score, -candidate.story_id) > (best[0], -best[1])):

@@ -11,7 +11,7 @@ import codecs
 import re
 from dataclasses import dataclass
 
-from .dedup import Fingerprint, fingerprint, fingerprint_text
+from .dedup import Fingerprint, fingerprint_of
 from .sanitize import sanitize_html
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
@@ -146,7 +146,7 @@ def extract_article(body: bytes, url: str, content_type: str | None = None) -> A
     return Article(
         text=text,
         html=markup,
-        fingerprint=fingerprint(fingerprint_text(document.title, text)),
+        fingerprint=fingerprint_of(document.title, text),
         title=document.title or None,
         author=document.author or None,
         published=_iso_date(document.date),

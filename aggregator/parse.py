@@ -18,7 +18,7 @@ from typing import Any
 
 import feedparser
 
-from .dedup import fingerprint, fingerprint_text
+from .dedup import fingerprint_of
 from .exceptions import ParseError
 from .sanitize import plain_text, sanitize_html
 from .schedule import feed_ttl, publish_interval
@@ -109,12 +109,11 @@ def keyed(entry: ParsedEntry) -> ParsedEntry:
     """The entry with what the store recognises it by: canonical URL, content hash, text fingerprint."""
     parts = (entry.title, entry.link, entry.author, entry.published, entry.updated, entry.summary, entry.content)
     digest = hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
-    text = fingerprint_text(entry.title, plain_text(entry.content or entry.summary))
     return replace(
         entry,
         url=canonical_url(entry.link) if entry.link else None,
         content_hash=digest,
-        fingerprint=fingerprint(text) if text else None,
+        fingerprint=fingerprint_of(entry.title, plain_text(entry.content or entry.summary)),
     )
 
 

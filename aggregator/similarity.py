@@ -1,6 +1,7 @@
 """Text fingerprints for near-duplicate detection: MinHash signatures with LSH bands. Pure.
 
-A text becomes the set of its word 3-grams (shingles). Its signature holds,
+A text becomes the set of its word pairs (shingles; pairs found more edited
+copies than triples at no cost in precision on the labelled fixtures). Its signature holds,
 for each of 64 multiply-shift hash functions, the smallest hash over those shingles; the
 share of positions where two signatures agree estimates the Jaccard
 similarity of the two shingle sets. Signatures are cut into 16 bands of 4:
@@ -20,8 +21,9 @@ import numpy as np
 PERMUTATIONS = 64
 BANDS = 16
 ROWS = PERMUTATIONS // BANDS
-SHINGLE = 3
+SHINGLE = 2
 _WORD = re.compile(r"\w+", re.UNICODE)
+_MARKS = re.compile(r"[\u0300-\u036f]+")
 _RANDOM = np.random.default_rng(20261126)
 _A = _RANDOM.integers(1, 1 << 63, size=PERMUTATIONS, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 _B = _RANDOM.integers(0, 1 << 63, size=PERMUTATIONS, dtype=np.uint64)
@@ -31,17 +33,16 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 
 def words(text: str) -> list[str]:
     """Lower-cased words with accents folded, so spelling variants of a text agree."""
-    folded = unicodedata.normalize("NFKD", text.casefold())
-    return _WORD.findall("".join(c for c in folded if not unicodedata.combining(c)))
+    return _WORD.findall(_MARKS.sub("", unicodedata.normalize("NFKD", text.casefold())))
 
 
 def shingles(tokens: list[str]) -> np.ndarray:
-    """One 32-bit hash per run of three consecutive words (one per word for shorter texts)."""
+    """One 32-bit hash per pair of consecutive words (per word for a one-word text)."""
     ids = np.fromiter((zlib.crc32(t.encode("utf-8")) for t in tokens), dtype=np.uint64, count=len(tokens))
     if len(ids) < SHINGLE:
         return np.unique(ids)
     with np.errstate(over="ignore"):
-        combined = ids[:-2] * np.uint64(0x9E3779B1) + ids[1:-1] * np.uint64(0x85EBCA77) + ids[2:]
+        combined = ids[:-1] * np.uint64(0x9E3779B1) + ids[1:]
     return np.unique((combined ^ (combined >> np.uint64(29))) & _LOW32)
 
 

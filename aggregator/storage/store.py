@@ -300,7 +300,8 @@ class Store:
         near = self.near_duplicates(feed_url)
         match = match_url(candidates.get(entry.url, [])) if entry.url else None
         if match is None and near:
-            match = stories.near_match(db, entry.fingerprint, stories.moment(entry.published, now), self.dedup)
+            when = stories.moment(entry.published, now)
+            match = stories.near_match(db, entry.fingerprint, when, self.dedup, feed_url=feed_url)
         status, reason = _extraction_state(entry, match, full_text)
         fingerprint = entry.fingerprint
         cursor = db.execute(

@@ -28,15 +28,16 @@ def candidates(db: Database, fingerprint: Fingerprint) -> list[NearCandidate]:
     keys = band_keys(from_bytes(fingerprint.signature))
     rows = db.execute(
         f"""
-        SELECT e.id, e.duplicate_of, e.fingerprint, e.fingerprint_words, e.published, e.first_seen
+        SELECT e.id, e.duplicate_of, e.fingerprint, e.fingerprint_words, e.published, e.first_seen, e.feed_url
         FROM entries e WHERE e.id IN (
-            SELECT entry_id FROM entry_bands WHERE key IN ({",".join("?" * len(keys))}) LIMIT {MAX_CANDIDATES}
+            SELECT entry_id FROM entry_bands WHERE key IN ({",".join("?" * len(keys))})
+            ORDER BY entry_id DESC LIMIT {MAX_CANDIDATES}
         )
         """,
         keys,
     ).fetchall()
     return [
-        NearCandidate(row[0], row[1], Fingerprint(row[2], row[3]), moment(row[4], row[5]))
+        NearCandidate(row[0], row[1], Fingerprint(row[2], row[3]), moment(row[4], row[5]), row[6])
         for row in rows
         if row[2] is not None
     ]
@@ -55,11 +56,12 @@ def save_fingerprint(db: Database, entry_id: int, fingerprint: Fingerprint | Non
 
 
 def near_match(
-    db: Database, fingerprint: Fingerprint | None, when: float, settings: DedupSettings, own_id: int | None = None
+    db: Database, fingerprint: Fingerprint | None, when: float, settings: DedupSettings,
+    own_id: int | None = None, feed_url: str = "",
 ) -> Match | None:
     if fingerprint is None or not settings.enabled:
         return None
-    return match_near(fingerprint, when, candidates(db, fingerprint), settings, own_id)
+    return match_near(fingerprint, when, candidates(db, fingerprint), settings, own_id, feed_url)
 
 
 def join(db: Database, entry_id: int, match: Match) -> None:
@@ -71,17 +73,27 @@ def join(db: Database, entry_id: int, match: Match) -> None:
 
 
 def reevaluate_near(db: Database, entry_id: int, settings: DedupSettings) -> Match | None:
-    """An original whose text changed may now be a later member of an earlier story."""
+    """An original whose text changed may now belong with another story.
+
+    With an earlier story it joins that story; a later story joins it instead,
+    since the original of a story is the entry seen first.
+    """
     row = db.execute(
-        "SELECT duplicate_of, fingerprint, fingerprint_words, published, first_seen FROM entries WHERE id = ?",
+        "SELECT duplicate_of, fingerprint, fingerprint_words, published, first_seen, feed_url FROM entries WHERE id = ?",
         [entry_id],
     ).fetchone()
     if row is None or row[0] is not None or row[1] is None:
         return None
-    match = near_match(db, Fingerprint(row[1], row[2]), moment(row[3], row[4]), settings, own_id=entry_id)
-    if match is not None:
+    fingerprint = Fingerprint(row[1], row[2])
+    others = [c for c in candidates(db, fingerprint) if c.story_id != entry_id]
+    match = match_near(fingerprint, moment(row[3], row[4]), others, settings, None, row[5]) if settings.enabled else None
+    if match is None:
+        return None
+    if match.original_id < entry_id:
         join(db, entry_id, match)
-    return match
+        return match
+    join(db, match.original_id, Match(original_id=entry_id, rule=match.rule, similarity=match.similarity))
+    return None
 
 
 @dataclass(frozen=True)
