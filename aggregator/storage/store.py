@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from ..dedup import RULE_URL, Candidate, DedupSettings, Fingerprint, Match, match_url
+from ..dedup import RULE_URL, Candidate, DedupSettings, Fingerprint, Match, match_near, match_url
 from ..exceptions import StorageError
 from ..types import ArticleJob, FeedConfig, FeedState, FetchResult, ParsedEntry, ParsedFeed
 from . import stories
@@ -21,6 +21,7 @@ from .articles import ArticleLedger
 from .schema import migrations
 
 BUSY_TIMEOUT_SECONDS = 30
+CACHE_KIB = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class Store:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_SECONDS * 1000}")
             db.enable_wal()
             db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             db.execute("PRAGMA foreign_keys = ON")
             migrations.apply(db)
         except (sqlite3.Error, OSError) as e:
@@ -255,12 +257,16 @@ class Store:
         existing = self._existing(db, feed_url, [e.guid for e in entries])
         fresh = [e for e in entries if e.guid not in existing]
         candidates = self._candidates(db, {e.url for e in fresh if e.url})
+        near = (
+            stories.BatchIndex(db, [e.fingerprint for e in fresh if e.fingerprint])
+            if self.near_duplicates(feed_url) and fresh else None
+        )
         new = updated = duplicates = 0
         jobs: list[ArticleJob] = []
         for entry in reversed(entries):
             known = existing.get(entry.guid)
             if known is None:
-                entry_id, match = self._insert(db, feed_url, entry, now, candidates, full_text)
+                entry_id, match = self._insert(db, feed_url, entry, now, candidates, full_text, near)
                 new += 1
                 duplicates += match is not None
             elif known[1] != entry.content_hash:
@@ -270,6 +276,8 @@ class Store:
                 continue
             if full_text and entry.link and match is None:
                 jobs.append(ArticleJob(entry_id=entry_id, feed_url=feed_url, url=entry.link))
+        if near is not None:
+            near.flush(db)
         return StoreCounts(new=new, updated=updated, duplicates=duplicates, jobs=tuple(jobs))
 
     def _existing(self, db: Database, feed_url: str, guids: list[str]) -> dict[str, tuple[int, str]]:
@@ -295,13 +303,12 @@ class Store:
 
     def _insert(
         self, db: Database, feed_url: str, entry: ParsedEntry, now: str,
-        candidates: dict[str, list[Candidate]], full_text: bool,
+        candidates: dict[str, list[Candidate]], full_text: bool, near: stories.BatchIndex | None,
     ) -> tuple[int, Match | None]:
-        near = self.near_duplicates(feed_url)
+        when = stories.moment(entry.published, now)
         match = match_url(candidates.get(entry.url, [])) if entry.url else None
-        if match is None and near:
-            when = stories.moment(entry.published, now)
-            match = stories.near_match(db, entry.fingerprint, when, self.dedup, feed_url=feed_url)
+        if match is None and near is not None and entry.fingerprint is not None:
+            match = match_near(entry.fingerprint, when, near.candidates(entry.fingerprint), self.dedup, None, feed_url)
         status, reason = _extraction_state(entry, match, full_text)
         fingerprint = entry.fingerprint
         cursor = db.execute(
@@ -320,8 +327,9 @@ class Store:
             ],
         )
         entry_id = int(cursor.lastrowid or 0)
-        if fingerprint is not None and near:
-            stories.save_fingerprint(db, entry_id, fingerprint, banded=True)
+        if fingerprint is not None and near is not None:
+            duplicate_of = match.original_id if match else None
+            near.add(stories.NearCandidate(entry_id, duplicate_of, fingerprint, when, feed_url))
         if entry.url:
             candidates[entry.url].append(Candidate(id=entry_id, duplicate_of=match.original_id if match else None))
         return entry_id, match

@@ -45,11 +45,14 @@ def candidates(db: Database, fingerprint: Fingerprint) -> list[NearCandidate]:
 
 def save_fingerprint(db: Database, entry_id: int, fingerprint: Fingerprint | None, *, banded: bool) -> None:
     """Record an entry's fingerprint; ``banded`` entries can be found by later ones."""
+    old = db.execute("SELECT fingerprint FROM entries WHERE id = ?", [entry_id]).fetchone()
+    if old and old[0] is not None:
+        stale = [(key, entry_id) for key in band_keys(from_bytes(old[0]))]
+        db.conn.executemany("DELETE FROM entry_bands WHERE key = ? AND entry_id = ?", stale)
     db.execute(
         "UPDATE entries SET fingerprint = ?, fingerprint_words = ? WHERE id = ?",
         [fingerprint.signature if fingerprint else None, fingerprint.words if fingerprint else None, entry_id],
     )
-    db.execute("DELETE FROM entry_bands WHERE entry_id = ?", [entry_id])
     if fingerprint is not None and banded:
         keys = band_keys(from_bytes(fingerprint.signature))
         db.conn.executemany("INSERT OR IGNORE INTO entry_bands (key, entry_id) VALUES (?, ?)", [(k, entry_id) for k in keys])
@@ -154,3 +157,58 @@ def members(db: Database, entry_id: int) -> list[Member]:
         [row[0], row[0]],
     ).fetchall()
     return [Member(*r) for r in rows]
+
+
+class BatchIndex:
+    """Near-duplicate candidates for one feed's new entries, looked up in one query for the batch.
+
+    Entries stored meanwhile are added as they go, so two copies inside one
+    feed still find each other; their band rows are written in one go.
+    """
+
+    def __init__(self, db: Database, fingerprints: list[Fingerprint]) -> None:
+        self._keys = {fp.signature: band_keys(from_bytes(fp.signature)) for fp in fingerprints}
+        self._by_key: dict[int, list[int]] = {}
+        self._details: dict[int, NearCandidate] = {}
+        self._pending: list[tuple[int, int]] = []
+        self._load(db, sorted({key for keys in self._keys.values() for key in keys}))
+
+    def _load(self, db: Database, keys: list[int]) -> None:
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            for key, entry_id in db.execute(
+                f"SELECT key, entry_id FROM entry_bands WHERE key IN ({','.join('?' * len(chunk))})", chunk
+            ):
+                self._by_key.setdefault(key, []).append(entry_id)
+        ids = sorted({entry_id for ids in self._by_key.values() for entry_id in ids})
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for row in db.execute(
+                f"""SELECT id, duplicate_of, fingerprint, fingerprint_words, published, first_seen, feed_url
+                FROM entries WHERE id IN ({','.join('?' * len(chunk))}) AND fingerprint IS NOT NULL""",
+                chunk,
+            ):
+                self._details[row[0]] = NearCandidate(
+                    row[0], row[1], Fingerprint(row[2], row[3]), moment(row[4], row[5]), row[6]
+                )
+
+    def keys(self, fingerprint: Fingerprint) -> list[int]:
+        if fingerprint.signature not in self._keys:
+            self._keys[fingerprint.signature] = band_keys(from_bytes(fingerprint.signature))
+        return self._keys[fingerprint.signature]
+
+    def candidates(self, fingerprint: Fingerprint) -> list[NearCandidate]:
+        ids = {entry_id for key in self.keys(fingerprint) for entry_id in self._by_key.get(key, ())}
+        newest = sorted(ids, reverse=True)[:MAX_CANDIDATES]
+        return [self._details[i] for i in newest if i in self._details]
+
+    def add(self, candidate: NearCandidate) -> None:
+        self._details[candidate.id] = candidate
+        for key in self.keys(candidate.fingerprint):
+            self._by_key.setdefault(key, []).append(candidate.id)
+            self._pending.append((key, candidate.id))
+
+    def flush(self, db: Database) -> None:
+        if self._pending:
+            db.conn.executemany("INSERT OR IGNORE INTO entry_bands (key, entry_id) VALUES (?, ?)", self._pending)
+            self._pending = []
