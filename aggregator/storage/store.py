@@ -21,7 +21,6 @@ from .articles import ArticleLedger
 from .schema import migrations
 
 BUSY_TIMEOUT_SECONDS = 30
-CACHE_KIB = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,6 @@ class Store:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_SECONDS * 1000}")
             db.enable_wal()
             db.execute("PRAGMA synchronous = NORMAL")
-            db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             db.execute("PRAGMA foreign_keys = ON")
             migrations.apply(db)
         except (sqlite3.Error, OSError) as e:
