@@ -35,8 +35,8 @@ class BandIndex:
 
     def __init__(self) -> None:
         self.loaded = False
-        self._by_key: dict[int, int | list[int]] = {}
-        self._keys: dict[int, tuple[int, ...]] = {}
+        self._by_key: dict[int, list[int]] = {}
+        self._keys: dict[int, list[int]] = {}
         self._details: dict[int, NearCandidate] = {}
 
     def load(self, db: Database, since: str) -> None:
@@ -50,37 +50,23 @@ class BandIndex:
         self.loaded = True
 
     def candidates(self, fingerprint: Fingerprint) -> list[NearCandidate]:
-        ids: set[int] = set()
-        for key in band_keys(from_bytes(fingerprint.signature)):
-            found = self._by_key.get(key)
-            if isinstance(found, int):
-                ids.add(found)
-            elif found:
-                ids.update(found)
+        keys = band_keys(from_bytes(fingerprint.signature))
+        ids = {entry_id for key in keys for entry_id in self._by_key.get(key, ())}
         return [self._details[i] for i in sorted(ids, reverse=True)[:MAX_CANDIDATES]]
 
     def add(self, candidate: NearCandidate) -> None:
         self.remove(candidate.id)
-        keys = tuple(band_keys(from_bytes(candidate.fingerprint.signature)))
+        keys = band_keys(from_bytes(candidate.fingerprint.signature))
         self._keys[candidate.id] = keys
         self._details[candidate.id] = candidate
         for key in keys:
-            found = self._by_key.get(key)
-            if found is None:
-                self._by_key[key] = candidate.id
-            elif isinstance(found, int):
-                self._by_key[key] = [found, candidate.id]
-            else:
-                found.append(candidate.id)
+            self._by_key.setdefault(key, []).append(candidate.id)
 
     def remove(self, entry_id: int) -> None:
-        """Most band keys belong to one entry: those map to the id itself, not a list (memory)."""
         for key in self._keys.pop(entry_id, ()):
-            found = self._by_key.get(key)
-            if found == entry_id:
-                del self._by_key[key]
-            elif isinstance(found, list) and entry_id in found:
-                found.remove(entry_id)
+            ids = self._by_key.get(key, [])
+            if entry_id in ids:
+                ids.remove(entry_id)
         self._details.pop(entry_id, None)
 
     def joined(self, entry_id: int, original_id: int) -> None:
