@@ -255,8 +255,8 @@ def test_feed_with_dedup_false_keeps_its_entries_out_of_stories(tmp_path: Path) 
         assert store.scalar("SELECT count(*) FROM entries WHERE feed_url = ? AND duplicate_of IS NOT NULL", [opted_out]) == 0
         joined_it = """SELECT count(*) FROM entries d JOIN entries o ON o.id = d.duplicate_of WHERE o.feed_url = ?"""
         assert store.scalar(joined_it, [opted_out]) == 0
-        assert all(store.bands.get(entry_id) is None for (entry_id,) in store.db.execute(
-            "SELECT id FROM entries WHERE feed_url = ?", [opted_out]))
+        banded = "SELECT count(*) FROM entry_bands b JOIN entries e ON e.id = b.entry_id WHERE e.feed_url = ?"
+        assert store.scalar(banded, [opted_out]) == 0
         # the other two feeds still find each other
         original = entry_row(store, "rheinblick.xml", BRIDGE["rheinblick.xml"])
         assert entry_row(store, "mitte.xml", BRIDGE["mitte.xml"])["duplicate_of"] == original["id"]
@@ -374,8 +374,7 @@ def query_plans(store: Store, statements: Iterable[str]) -> dict[str, list[str]]
     return plans
 
 
-def test_candidate_lookup_reads_no_table(store: Store) -> None:
-    """Candidates come from the in-memory band index: storing a feed scans no table."""
+def test_candidate_lookup_uses_the_band_index(store: Store) -> None:
     for name in LABELLED_FILES[:3]:
         store_file(store, name)
     executed: list[str] = []
@@ -390,7 +389,11 @@ def test_candidate_lookup_reads_no_table(store: Store) -> None:
         if sql.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "WITH")) and "entr" in sql.lower()
     ]
     plans = query_plans(store, touching)
-    assert store.bands.loaded
+    band_lookups = {sql: plan for sql, plan in plans.items() if "entry_bands" in sql and " IN (" in sql}
+    assert band_lookups, "no candidate lookup by band key was made"
+    for sql, plan in band_lookups.items():
+        assert any("entry_bands USING PRIMARY KEY (key=?)" in step or "entry_bands USING COVERING INDEX" in step
+                   for step in plan), (sql, plan)
     for sql, plan in plans.items():
         full_scans = [step for step in plan if step.startswith("SCAN") and "entr" in step]
         assert not full_scans, (sql, plan)

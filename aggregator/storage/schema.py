@@ -192,9 +192,3 @@ def m007_near_duplicates(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX entry_bands_entry ON entry_bands(entry_id)")
-
-
-@migrations()
-def m008_drop_entry_bands(db: Database) -> None:
-    """Near-duplicate candidates are found in memory now: the band rows only slowed every commit."""
-    db.execute("DROP TABLE IF EXISTS entry_bands")

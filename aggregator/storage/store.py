@@ -8,7 +8,6 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from sqlite_utils import Database
 
 from ..dedup import RULE_URL, Candidate, DedupSettings, Fingerprint, Match, match_near, match_url
 from ..exceptions import StorageError
-from ..timeutil import iso, parse_iso, utcnow
 from ..types import ArticleJob, FeedConfig, FeedState, FetchResult, ParsedEntry, ParsedFeed
 from . import stories
 from .articles import ArticleLedger
@@ -90,7 +88,6 @@ class Store:
         self.path = path
         self.dedup = DedupSettings()
         self.dedup_opted_out: frozenset[str] = frozenset()
-        self.bands = stories.BandIndex()
         self.articles = ArticleLedger(db, self._write, self._article_text_changed)
 
     def configure_dedup(self, settings: DedupSettings, feeds: Sequence[FeedConfig]) -> None:
@@ -99,12 +96,11 @@ class Store:
 
     def _article_text_changed(self, db: Database, entry_id: int, fingerprint: Fingerprint | None) -> None:
         """An extracted article fingerprints the entry better than its teaser: decide its story again."""
-        row = db.execute("SELECT feed_url, published, first_seen FROM entries WHERE id = ?", [entry_id]).fetchone()
-        if fingerprint is None or row is None or not self.near_duplicates(row[0]):
+        feed_url = self.scalar("SELECT feed_url FROM entries WHERE id = ?", [entry_id])
+        if fingerprint is None or feed_url is None or not self.near_duplicates(feed_url):
             return
-        index = self._bands(db, iso(utcnow()))
-        stories.save_fingerprint(db, index, entry_id, fingerprint, stories.moment(row[1], row[2]), row[0])
-        stories.reevaluate_near(db, entry_id, self.dedup, index)
+        stories.save_fingerprint(db, entry_id, fingerprint, banded=True)
+        stories.reevaluate_near(db, entry_id, self.dedup)
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -259,7 +255,10 @@ class Store:
         existing = self._existing(db, feed_url, [e.guid for e in entries])
         fresh = [e for e in entries if e.guid not in existing]
         candidates = self._candidates(db, {e.url for e in fresh if e.url})
-        near = self._bands(db, now) if self.near_duplicates(feed_url) and fresh else None
+        near = (
+            stories.BatchIndex(db, [e.fingerprint for e in fresh if e.fingerprint])
+            if self.near_duplicates(feed_url) and fresh else None
+        )
         new = updated = duplicates = 0
         jobs: list[ArticleJob] = []
         for entry in reversed(entries):
@@ -275,6 +274,8 @@ class Store:
                 continue
             if full_text and entry.link and match is None:
                 jobs.append(ArticleJob(entry_id=entry_id, feed_url=feed_url, url=entry.link))
+        if near is not None:
+            near.flush(db)
         return StoreCounts(new=new, updated=updated, duplicates=duplicates, jobs=tuple(jobs))
 
     def _existing(self, db: Database, feed_url: str, guids: list[str]) -> dict[str, tuple[int, str]]:
@@ -300,7 +301,7 @@ class Store:
 
     def _insert(
         self, db: Database, feed_url: str, entry: ParsedEntry, now: str,
-        candidates: dict[str, list[Candidate]], full_text: bool, near: stories.BandIndex | None,
+        candidates: dict[str, list[Candidate]], full_text: bool, near: stories.BatchIndex | None,
     ) -> tuple[int, Match | None]:
         when = stories.moment(entry.published, now)
         match = match_url(candidates.get(entry.url, [])) if entry.url else None
@@ -331,12 +332,6 @@ class Store:
             candidates[entry.url].append(Candidate(id=entry_id, duplicate_of=match.original_id if match else None))
         return entry_id, match
 
-    def _bands(self, db: Database, now: str) -> stories.BandIndex:
-        if not self.bands.loaded:
-            since = iso(parse_iso(now) - timedelta(seconds=2 * self.dedup.window))
-            self.bands.load(db, since)
-        return self.bands
-
     def near_duplicates(self, feed_url: str) -> bool:
         """Whether this feed's entries take part in near-duplicate detection."""
         return self.dedup.enabled and feed_url not in self.dedup_opted_out
@@ -353,10 +348,8 @@ class Store:
             [entry.url, entry.link, entry.title, entry.author, entry.published, entry.updated,
              entry.summary, entry.content, entry.language, now, entry.content_hash, entry_id],
         )
-        index = self._bands(db, now) if self.near_duplicates(feed_url) else None
-        when = stories.moment(entry.published, now)
-        stories.save_fingerprint(db, index, entry_id, entry.fingerprint, when, feed_url)
-        match = self._reevaluate(db, entry_id, entry.url, feed_url, now)
+        stories.save_fingerprint(db, entry_id, entry.fingerprint, banded=self.near_duplicates(feed_url))
+        match = self._reevaluate(db, entry_id, entry.url, feed_url)
         if full_text:
             status, reason = _extraction_state(entry, match, full_text)
             db.execute(
@@ -369,18 +362,16 @@ class Store:
             )
         return match
 
-    def _reevaluate(self, db: Database, entry_id: int, key: str | None, feed_url: str, now: str) -> Match | None:
+    def _reevaluate(self, db: Database, entry_id: int, key: str | None, feed_url: str) -> Match | None:
         """An edited entry may now match an earlier story; it and its members then join that story."""
         row = db.execute("SELECT duplicate_of, duplicate_rule FROM entries WHERE id = ?", [entry_id]).fetchone()
         if row is None or row[0] is not None:
             return Match(original_id=row[0], rule=row[1]) if row else None
         match = match_url(self._candidates(db, {key}).get(key, []) if key else [], own_id=entry_id)
         if match is not None:
-            stories.join(db, entry_id, match, self.bands)
+            stories.join(db, entry_id, match)
             return match
-        if not self.near_duplicates(feed_url):
-            return None
-        return stories.reevaluate_near(db, entry_id, self.dedup, self._bands(db, now))
+        return stories.reevaluate_near(db, entry_id, self.dedup) if self.near_duplicates(feed_url) else None
 
     def entries_for_output(self, feed_urls: Sequence[str] | None, limit: int) -> list[EntryRow]:
         """Newest first, one entry per story: the earliest member among ``feed_urls``."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlite_utils import Database
@@ -23,90 +23,59 @@ def moment(published: str | None, first_seen: str) -> float:
     return 0.0
 
 
-class BandIndex:
-    """The LSH bands of recent fingerprinted entries, in memory.
-
-    Band rows written to SQLite at random keys dirtied hundreds of pages per
-    feed and made every commit slow; held in memory, a lookup is a few
-    dictionary reads. The index is built from ``entries`` on first use (the
-    entries first seen within twice the time window) and kept up to date by
-    this process.
-    """
-
-    def __init__(self) -> None:
-        self.loaded = False
-        self._by_key: dict[int, list[int]] = {}
-        self._keys: dict[int, list[int]] = {}
-        self._details: dict[int, NearCandidate] = {}
-
-    def load(self, db: Database, since: str) -> None:
-        rows = db.execute(
-            """SELECT id, duplicate_of, fingerprint, fingerprint_words, published, first_seen, feed_url
-            FROM entries WHERE fingerprint IS NOT NULL AND first_seen >= ? ORDER BY id""",
-            [since],
+def candidates(db: Database, fingerprint: Fingerprint) -> list[NearCandidate]:
+    """Stored entries sharing at least one band with ``fingerprint``."""
+    keys = band_keys(from_bytes(fingerprint.signature))
+    rows = db.execute(
+        f"""
+        SELECT e.id, e.duplicate_of, e.fingerprint, e.fingerprint_words, e.published, e.first_seen, e.feed_url
+        FROM entries e WHERE e.id IN (
+            SELECT entry_id FROM entry_bands WHERE key IN ({",".join("?" * len(keys))})
+            ORDER BY entry_id DESC LIMIT {MAX_CANDIDATES}
         )
-        for row in rows:
-            self.add(NearCandidate(row[0], row[1], Fingerprint(row[2], row[3]), moment(row[4], row[5]), row[6]))
-        self.loaded = True
-
-    def candidates(self, fingerprint: Fingerprint) -> list[NearCandidate]:
-        keys = band_keys(from_bytes(fingerprint.signature))
-        ids = {entry_id for key in keys for entry_id in self._by_key.get(key, ())}
-        return [self._details[i] for i in sorted(ids, reverse=True)[:MAX_CANDIDATES]]
-
-    def add(self, candidate: NearCandidate) -> None:
-        self.remove(candidate.id)
-        keys = band_keys(from_bytes(candidate.fingerprint.signature))
-        self._keys[candidate.id] = keys
-        self._details[candidate.id] = candidate
-        for key in keys:
-            self._by_key.setdefault(key, []).append(candidate.id)
-
-    def remove(self, entry_id: int) -> None:
-        for key in self._keys.pop(entry_id, ()):
-            ids = self._by_key.get(key, [])
-            if entry_id in ids:
-                ids.remove(entry_id)
-        self._details.pop(entry_id, None)
-
-    def joined(self, entry_id: int, original_id: int) -> None:
-        """``entry_id`` and the members of its story now belong to ``original_id``'s story."""
-        for candidate in list(self._details.values()):
-            if candidate.id == entry_id or candidate.duplicate_of == entry_id:
-                self._details[candidate.id] = replace(candidate, duplicate_of=original_id)
-
-    def get(self, entry_id: int) -> NearCandidate | None:
-        return self._details.get(entry_id)
+        """,
+        keys,
+    ).fetchall()
+    return [
+        NearCandidate(row[0], row[1], Fingerprint(row[2], row[3]), moment(row[4], row[5]), row[6])
+        for row in rows
+        if row[2] is not None
+    ]
 
 
-def save_fingerprint(
-    db: Database, index: BandIndex | None, entry_id: int, fingerprint: Fingerprint | None, when: float, feed_url: str
-) -> None:
-    """Record an entry's fingerprint; with an ``index``, later entries can find it."""
+def save_fingerprint(db: Database, entry_id: int, fingerprint: Fingerprint | None, *, banded: bool) -> None:
+    """Record an entry's fingerprint; ``banded`` entries can be found by later ones."""
+    old = db.execute("SELECT fingerprint FROM entries WHERE id = ?", [entry_id]).fetchone()
+    if old and old[0] is not None:
+        stale = [(key, entry_id) for key in band_keys(from_bytes(old[0]))]
+        db.conn.executemany("DELETE FROM entry_bands WHERE key = ? AND entry_id = ?", stale)
     db.execute(
         "UPDATE entries SET fingerprint = ?, fingerprint_words = ? WHERE id = ?",
         [fingerprint.signature if fingerprint else None, fingerprint.words if fingerprint else None, entry_id],
     )
-    if index is None:
-        return
-    if fingerprint is None:
-        index.remove(entry_id)
-        return
-    row = db.execute("SELECT duplicate_of FROM entries WHERE id = ?", [entry_id]).fetchone()
-    index.add(NearCandidate(entry_id, row[0] if row else None, fingerprint, when, feed_url))
+    if fingerprint is not None and banded:
+        keys = band_keys(from_bytes(fingerprint.signature))
+        db.conn.executemany("INSERT OR IGNORE INTO entry_bands (key, entry_id) VALUES (?, ?)", [(k, entry_id) for k in keys])
 
 
-def join(db: Database, entry_id: int, match: Match, index: BandIndex | None = None) -> None:
+def near_match(
+    db: Database, fingerprint: Fingerprint | None, when: float, settings: DedupSettings,
+    own_id: int | None = None, feed_url: str = "",
+) -> Match | None:
+    if fingerprint is None or not settings.enabled:
+        return None
+    return match_near(fingerprint, when, candidates(db, fingerprint), settings, own_id, feed_url)
+
+
+def join(db: Database, entry_id: int, match: Match) -> None:
     """The entry, and every entry of its own story, become members of the matched story."""
     db.execute(
         "UPDATE entries SET duplicate_of = ?, duplicate_rule = ?, similarity = ? WHERE id = ? OR duplicate_of = ?",
         [match.original_id, match.rule, match.similarity, entry_id, entry_id],
     )
-    if index is not None:
-        index.joined(entry_id, match.original_id)
 
 
-def reevaluate_near(db: Database, entry_id: int, settings: DedupSettings, index: BandIndex) -> Match | None:
+def reevaluate_near(db: Database, entry_id: int, settings: DedupSettings) -> Match | None:
     """An original whose text changed may now belong with another story.
 
     With an earlier story it joins that story; a later story joins it instead,
@@ -119,14 +88,14 @@ def reevaluate_near(db: Database, entry_id: int, settings: DedupSettings, index:
     if row is None or row[0] is not None or row[1] is None:
         return None
     fingerprint = Fingerprint(row[1], row[2])
-    others = [c for c in index.candidates(fingerprint) if c.story_id != entry_id]
+    others = [c for c in candidates(db, fingerprint) if c.story_id != entry_id]
     match = match_near(fingerprint, moment(row[3], row[4]), others, settings, None, row[5]) if settings.enabled else None
     if match is None:
         return None
     if match.original_id < entry_id:
-        join(db, entry_id, match, index)
+        join(db, entry_id, match)
         return match
-    join(db, match.original_id, Match(original_id=entry_id, rule=match.rule, similarity=match.similarity), index)
+    join(db, match.original_id, Match(original_id=entry_id, rule=match.rule, similarity=match.similarity))
     return None
 
 
@@ -188,3 +157,58 @@ def members(db: Database, entry_id: int) -> list[Member]:
         [row[0], row[0]],
     ).fetchall()
     return [Member(*r) for r in rows]
+
+
+class BatchIndex:
+    """Near-duplicate candidates for one feed's new entries, looked up in one query for the batch.
+
+    Entries stored meanwhile are added as they go, so two copies inside one
+    feed still find each other; their band rows are written in one go.
+    """
+
+    def __init__(self, db: Database, fingerprints: list[Fingerprint]) -> None:
+        self._keys = {fp.signature: band_keys(from_bytes(fp.signature)) for fp in fingerprints}
+        self._by_key: dict[int, list[int]] = {}
+        self._details: dict[int, NearCandidate] = {}
+        self._pending: list[tuple[int, int]] = []
+        self._load(db, sorted({key for keys in self._keys.values() for key in keys}))
+
+    def _load(self, db: Database, keys: list[int]) -> None:
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            for key, entry_id in db.execute(
+                f"SELECT key, entry_id FROM entry_bands WHERE key IN ({','.join('?' * len(chunk))})", chunk
+            ):
+                self._by_key.setdefault(key, []).append(entry_id)
+        ids = sorted({entry_id for ids in self._by_key.values() for entry_id in ids})
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for row in db.execute(
+                f"""SELECT id, duplicate_of, fingerprint, fingerprint_words, published, first_seen, feed_url
+                FROM entries WHERE id IN ({','.join('?' * len(chunk))}) AND fingerprint IS NOT NULL""",
+                chunk,
+            ):
+                self._details[row[0]] = NearCandidate(
+                    row[0], row[1], Fingerprint(row[2], row[3]), moment(row[4], row[5]), row[6]
+                )
+
+    def keys(self, fingerprint: Fingerprint) -> list[int]:
+        if fingerprint.signature not in self._keys:
+            self._keys[fingerprint.signature] = band_keys(from_bytes(fingerprint.signature))
+        return self._keys[fingerprint.signature]
+
+    def candidates(self, fingerprint: Fingerprint) -> list[NearCandidate]:
+        ids = {entry_id for key in self.keys(fingerprint) for entry_id in self._by_key.get(key, ())}
+        newest = sorted(ids, reverse=True)[:MAX_CANDIDATES]
+        return [self._details[i] for i in newest if i in self._details]
+
+    def add(self, candidate: NearCandidate) -> None:
+        self._details[candidate.id] = candidate
+        for key in self.keys(candidate.fingerprint):
+            self._by_key.setdefault(key, []).append(candidate.id)
+            self._pending.append((key, candidate.id))
+
+    def flush(self, db: Database) -> None:
+        if self._pending:
+            db.conn.executemany("INSERT OR IGNORE INTO entry_bands (key, entry_id) VALUES (?, ?)", self._pending)
+            self._pending = []
