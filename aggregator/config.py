@@ -34,7 +34,7 @@ _AGGREGATOR_KEYS = {
     "allow_private_addresses", "user_agent", "host_concurrency", "extract_timeout", "min_interval", "max_interval",
 }
 _SERVER_KEYS = {"host", "port", "base_url"}
-_OUTPUT_KEYS = {"name", "title", "max_entries", "tags"}
+_OUTPUT_KEYS = {"name", "title", "max_entries", "tags", "include", "exclude"}
 _FEED_KEYS = {"url", "name", "interval", "full_text", "tags", "dedup"}
 
 
@@ -197,7 +197,16 @@ class _Checker:
             title=self._str(item, "title", f"{where}.title", "Merged feed" if name == "all" else name),
             max_entries=self._int(item, "max_entries", f"{where}.max_entries", 100, 1, 100_000),
             tags=self._tags(item, f"{where}.tags"),
+            include=self._words(item, "include", f"{where}.include"),
+            exclude=self._words(item, "exclude", f"{where}.exclude"),
         )
+
+    def _words(self, table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(w, str) and w.strip() for w in value):
+            self.errors.append(f"key '{where}': must be a list of non-empty strings (words or phrases)")
+            return ()
+        return tuple(dict.fromkeys(w.strip() for w in value))
 
     def _feeds(self, raw: object, interval: float, auto: bool, full_text: bool) -> tuple[FeedConfig, ...]:
         if raw is None:

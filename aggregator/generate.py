@@ -21,6 +21,7 @@ from feedgen.feed import FeedGenerator
 
 from . import __version__
 from .sanitize import plain_text
+from .similarity import words
 from .storage import EntryRow, Store
 from .timeutil import parse_iso
 from .types import Config, OutputConfig
@@ -209,6 +210,36 @@ _MEDIA_TYPES = {"atom": "application/atom+xml", "rss": "application/rss+xml", "j
 _RENDERERS = {"atom": render_atom, "rss": render_rss, "json": render_json}
 
 
+KEYWORD_LOOKAHEAD = 10
+
+
+def keywords_match(output: OutputConfig, text: str) -> bool:
+    """Whether an entry's title and text pass the output's keyword filters (case and accents ignored).
+
+    With ``include``, one of the words or phrases must occur; none of ``exclude`` may.
+    """
+    if not output.include and not output.exclude:
+        return True
+    haystack = f" {' '.join(words(text))} "
+    found = lambda phrase: f" {' '.join(words(phrase))} " in haystack  # noqa: E731
+    return (not output.include or any(map(found, output.include))) and not any(map(found, output.exclude))
+
+
+def _selected(store: Store, config: Config, output: OutputConfig) -> list[EntryRow]:
+    """The newest stories of an output; keyword filters look further back to fill ``max_entries``."""
+    filtered = bool(output.include or output.exclude)
+    limit = output.max_entries * (KEYWORD_LOOKAHEAD if filtered else 1)
+    rows = store.entries_for_output(output_feed_urls(config, output), limit)
+    if not filtered:
+        return rows
+    kept = [row for row in rows if keywords_match(output, _searchable(row))]
+    return kept[: output.max_entries]
+
+
+def _searchable(row: EntryRow) -> str:
+    return " ".join(filter(None, (row.title, plain_text(row.summary), plain_text(row.content), row.article_text)))
+
+
 def output_feed_urls(config: Config, output: OutputConfig) -> list[str] | None:
     """The feeds an output draws from; None for every feed."""
     if not output.tags:
@@ -237,7 +268,7 @@ def write_outputs(config: Config, store: Store) -> list[Path]:
     written: list[Path] = []
     config.output_dir.mkdir(parents=True, exist_ok=True)
     for output in config.outputs:
-        rows = store.entries_for_output(output_feed_urls(config, output), output.max_entries)
+        rows = _selected(store, config, output)
         also = store.also_reported_by(rows)
         items = [item_from_row(row, [Also(s.feed_title, s.feed_url, s.link) for s in also[row.id]]) for row in rows]
         for fmt, path in output_paths(config, output).items():

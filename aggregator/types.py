@@ -25,6 +25,8 @@ class OutputConfig:
     title: str = "Merged feed"
     max_entries: int = 100
     tags: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -111,3 +111,48 @@ def test_also_reported_by_in_every_format():
     assert rss.bozo == 0 and "Zweite Quelle" in rss.entries[0].content[0].value
     extension = json.loads(render_json(META, [item]))["items"][0]["_aggregator"]
     assert extension["also_reported_by"][0] == {"title": "Zweite Quelle", "feed_url": "http://b.test/feed", "url": "http://b.test/story?a=1&b=2"}
+
+
+def test_keyword_filters_per_output(tmp_path):
+    from aggregator.config import load_config
+    from aggregator.generate import keywords_match, write_outputs
+    from aggregator.parse import keyed
+    from aggregator.storage import Store
+    from aggregator.types import FeedConfig, FetchResult, OutputConfig, ParsedEntry, ParsedFeed
+
+    config_path = tmp_path / "feeds.toml"
+    config_path.write_text(
+        '[aggregator]\nfull_text = false\n'
+        '[[outputs]]\nname = "all"\n'
+        '[[outputs]]\nname = "verkehr"\ninclude = ["Straßenbahn", "neue Brücke"]\nexclude = ["Fußball"]\n'
+        '[[feeds]]\nurl = "http://src.test/feed"\n',
+        encoding="utf-8",
+    )
+    config = load_config(config_path)
+    assert config.outputs[1].include == ("Straßenbahn", "neue Brücke") and config.outputs[1].exclude == ("Fußball",)
+    titles = ["STRASSENBAHN fährt bald", "Die neue Brücke ist offen", "Straßenbahn zum Fußball-Stadion", "Wetter"]
+    entries = tuple(
+        keyed(ParsedEntry(guid=str(i), link=f"http://n.test/{i}", title=t, author=None,
+                          published=f"2026-11-2{i}T08:00:00Z", updated=None, summary="<p>Text</p>", content=None))
+        for i, t in enumerate(titles)
+    )
+    with Store.open(config.database) as store:
+        store.sync_feeds([FeedConfig("http://src.test/feed")], "2026-11-25T00:00:00Z")
+        store.store_feed("http://src.test/feed", ParsedFeed("Quelle", None, None, entries),
+                         FetchResult("u", "u", 200, {}, b"x"), now="2026-11-25T09:00:00Z", next_poll_at="2026-11-25T10:00:00Z")
+        write_outputs(config, store)
+    shown = {name: [i["title"] for i in json.loads((config.output_dir / f"{name}.json").read_text())["items"]]
+             for name in ("all", "verkehr")}
+    assert len(shown["all"]) == 4
+    assert sorted(shown["verkehr"]) == ["Die neue Brücke ist offen", "STRASSENBAHN fährt bald"]
+    assert keywords_match(OutputConfig(include=("brücke",)), "Brückenbau") is False
+
+
+def test_keyword_filter_keys_are_validated(tmp_path):
+    from aggregator.config import load_config
+    from aggregator.exceptions import ConfigError
+
+    path = tmp_path / "feeds.toml"
+    path.write_text('[[outputs]]\nname = "x"\ninclude = "tram"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"outputs\[0\] \(x\)\.include"):
+        load_config(path)
