@@ -58,15 +58,6 @@ def save_fingerprint(db: Database, entry_id: int, fingerprint: Fingerprint | Non
         db.conn.executemany("INSERT OR IGNORE INTO entry_bands (key, entry_id) VALUES (?, ?)", [(k, entry_id) for k in keys])
 
 
-def near_match(
-    db: Database, fingerprint: Fingerprint | None, when: float, settings: DedupSettings,
-    own_id: int | None = None, feed_url: str = "",
-) -> Match | None:
-    if fingerprint is None or not settings.enabled:
-        return None
-    return match_near(fingerprint, when, candidates(db, fingerprint), settings, own_id, feed_url)
-
-
 def join(db: Database, entry_id: int, match: Match) -> None:
     """The entry, and every entry of its own story, become members of the matched story."""
     db.execute(
