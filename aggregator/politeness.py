@@ -6,7 +6,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from .timeutil import utcnow
@@ -56,7 +56,3 @@ class HostGate:
         async with self._slots[host]:
             await self._wait_out_pause(host)
             yield
-
-
-def pause_for(seconds: float) -> datetime:
-    return utcnow() + timedelta(seconds=seconds)

@@ -45,7 +45,3 @@ def plain_text(markup: str | None) -> str | None:
         return None
     text = _WHITESPACE.sub(" ", html.unescape(_TAG.sub(" ", nh3.clean(markup, tags=set())))).strip()
     return text or None
-
-
-def looks_like_html(text: str) -> bool:
-    return bool(_TAG.search(text)) or "&" in text
