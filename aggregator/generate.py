@@ -29,6 +29,7 @@ from .types import Config, OutputConfig
 FORMATS = ("atom", "rss", "json")
 JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_NOT_IN_URLS = re.compile(r"[\x00-\x20\"'<>\\^`{|}\x7f]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -80,7 +81,7 @@ def item_from_row(row: EntryRow, also: Sequence[Also] = ()) -> Item:
     return Item(
         id=uuid.uuid5(uuid.NAMESPACE_URL, f"{row.feed_url}\n{row.guid}").urn,
         title=title,
-        link=row.link,
+        link=_link(row.link),
         published=published,
         updated=max(_time(row.updated) or published, published),
         author=_clean(row.author),
@@ -88,7 +89,9 @@ def item_from_row(row: EntryRow, also: Sequence[Also] = ()) -> Item:
         body_html=_clean(body) or f"<p>{html.escape(title)}</p>",
         body_text=_clean(row.article_text),
         language=row.language,
-        source=Source(title=_clean(row.feed_title) or row.feed_url, url=row.feed_url, site_url=row.feed_site_url),
+        source=Source(
+            title=_clean(row.feed_title) or row.feed_url, url=row.feed_url, site_url=_link(row.feed_site_url)
+        ),
         also=tuple(also),
     )
 
@@ -113,6 +116,11 @@ def _time(text: str | None) -> datetime | None:
 
 def _clean(text: str | None) -> str | None:
     return _XML_INVALID.sub("", text) if text else None
+
+
+def _link(url: str | None) -> str | None:
+    """A link as a valid URL: spaces, quotes, angle brackets and control characters percent-encoded."""
+    return _NOT_IN_URLS.sub(lambda m: f"%{ord(m.group()):02X}", url) if url else None
 
 
 def _title_from(body: str | None) -> str | None:
@@ -270,7 +278,9 @@ def write_outputs(config: Config, store: Store) -> list[Path]:
     for output in config.outputs:
         rows = _selected(store, config, output)
         also = store.also_reported_by(rows)
-        items = [item_from_row(row, [Also(s.feed_title, s.feed_url, s.link) for s in also[row.id]]) for row in rows]
+        items = [
+            item_from_row(row, [Also(s.feed_title, s.feed_url, _link(s.link)) for s in also[row.id]]) for row in rows
+        ]
         for fmt, path in output_paths(config, output).items():
             meta = _meta(config, output, fmt, items)
             _write_atomic(path, _RENDERERS[fmt](meta, items))

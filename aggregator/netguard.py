@@ -12,15 +12,25 @@ _METADATA = {
     ipaddress.ip_address("100.100.100.200"),
     ipaddress.ip_address("fd00:ec2::254"),
 }
+# NAT64 (RFC 6052), IPv4-translated (RFC 2765, SIIT) and the deprecated IPv4-compatible addresses
+_EMBEDDING_IPV4 = tuple(map(ipaddress.ip_network, ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96")))
 
 
 def unwrap(address: IPAddress) -> IPAddress:
-    """The IPv4 address inside an IPv4-mapped, 6to4 or Teredo IPv6 address, else itself."""
+    """The IPv4 address inside a mapped, 6to4, Teredo, NAT64, translated or compatible IPv6 address, else itself."""
     if isinstance(address, ipaddress.IPv6Address):
-        inner = address.ipv4_mapped or address.sixtofour or (address.teredo and address.teredo[1])
+        teredo_client = address.teredo and address.teredo[1]
+        inner = address.ipv4_mapped or address.sixtofour or teredo_client or _embedded(address)
         if inner:
             return inner
     return address
+
+
+def _embedded(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address in the last 32 bits of an address from ``_EMBEDDING_IPV4`` (not ``::`` or ``::1``)."""
+    if int(address) > 1 and any(address in network for network in _EMBEDDING_IPV4):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def refusal(address: str, *, allow_private: bool) -> str | None:
@@ -36,6 +46,6 @@ def refusal(address: str, *, allow_private: bool) -> str | None:
         return None
     if ip.is_loopback:
         return "a loopback address"
-    if ip.is_private or ip.is_reserved or not ip.is_global:
+    if ip.is_private or ip.is_reserved or not ip.is_global or getattr(ip, "is_site_local", False):
         return "a private address"
     return None

@@ -1,9 +1,15 @@
-"""HTML sanitising with nh3 (ammonia): the one place untrusted markup is made safe."""
+"""HTML sanitising with nh3 (ammonia): the one place untrusted markup is made safe.
+
+Every URL, in ``href``, ``src``, ``cite`` or ``srcset``, must be http(s) or mailto: ``data:`` URLs are
+dropped too, images included, as feed readers fetch images by address anyway.
+"""
 
 from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import nh3
 
@@ -19,24 +25,72 @@ _ATTRIBUTES = {
 _SCHEMES = {"http", "https", "mailto"}
 _CLEAN_CONTENT = {"script", "style", "iframe", "object", "embed", "noscript", "template", "svg", "math"}
 _WHITESPACE = re.compile(r"\s+")
+_SRCSET_CANDIDATE = re.compile(r"[\s,]*(\S*[^\s,])(?:\s+([^,]*))?")
+_SRCSET_DESCRIPTOR = re.compile(r"\d+(?:\.\d+)?[wx]")
 _TAG = re.compile(r"<[^>]*>")
+_MAX_PASSES = 3
 
 
 def sanitize_html(markup: str | None, base_url: str | None = None) -> str | None:
-    """Safe HTML with relative URLs made absolute against ``base_url``; None when empty."""
+    """Safe HTML with relative URLs made absolute against ``base_url``; None when empty.
+
+    Cleaned again until it no longer changes: markup a parser rearranges (an ``<a>`` inside an ``<a>``
+    by way of a table) reads back as a different tree, and what readers parse must be what was cleaned.
+    """
     if not markup or not markup.strip():
         return None
-    relative = ("rewrite_with_base", base_url) if base_url else "deny"
-    cleaned = nh3.clean(
+    cleaned = _clean(markup, base_url)
+    for _ in range(_MAX_PASSES):
+        again = _clean(cleaned, base_url)
+        if again == cleaned:
+            break
+        cleaned = again
+    return cleaned or None
+
+
+def _clean(markup: str, base_url: str | None) -> str:
+    return nh3.clean(
         markup,
         tags=_TAGS,
         clean_content_tags=_CLEAN_CONTENT,
         attributes=_ATTRIBUTES,
         url_schemes=_SCHEMES,
-        url_relative=relative,
+        url_relative=("rewrite_with_base", base_url) if base_url else "deny",
         link_rel="noopener noreferrer",
+        attribute_filter=_url_attributes(base_url),
     ).strip()
-    return cleaned or None
+
+
+def _url_attributes(base_url: str | None) -> Callable[[str, str, str], str | None]:
+    """A check for the URL attributes nh3 leaves alone (``cite``, ``srcset``): same schemes, same base."""
+
+    def check(element: str, attribute: str, value: str) -> str | None:
+        if attribute == "cite":
+            return _safe_url(value, base_url)
+        if attribute == "srcset":
+            return _safe_srcset(value, base_url)
+        return value
+
+    return check
+
+
+def _safe_url(value: str, base_url: str | None) -> str | None:
+    """``value`` made absolute when it has an allowed scheme (after resolving against the base), else None."""
+    try:
+        parts = urlsplit(urljoin(base_url, value) if base_url else value)
+    except ValueError:
+        return None
+    return urlunsplit(parts) if parts.scheme.lower() in _SCHEMES else None
+
+
+def _safe_srcset(value: str, base_url: str | None) -> str | None:
+    """The srcset's candidates whose URL is safe, each with its descriptor if valid; None when none is."""
+    kept = []
+    for url, descriptor in _SRCSET_CANDIDATE.findall(value):
+        safe, descriptor = _safe_url(url, base_url), descriptor.strip()
+        if safe:
+            kept.append(f"{safe} {descriptor}" if _SRCSET_DESCRIPTOR.fullmatch(descriptor) else safe)
+    return ", ".join(kept) or None
 
 
 def plain_text(markup: str | None) -> str | None:
