@@ -218,7 +218,7 @@ def run_ours(base_url: str, n_feeds: int, concurrency: int, timeout: float) -> O
     )
 
 
-def run_reader(base_url: str, n_feeds: int, workers: int, timeout: float) -> ReaderRun:
+def run_reader(base_url: str, n_feeds: int, workers: int, timeout: float, search: bool = False) -> ReaderRun:
     with tempfile.TemporaryDirectory(prefix="reader-bench-") as tmp:
         workdir = Path(tmp)
         cmd = [
@@ -227,6 +227,7 @@ def run_reader(base_url: str, n_feeds: int, workers: int, timeout: float) -> Rea
             "--base-url", base_url,
             "--feeds", str(n_feeds),
             "--workers", str(workers),
+            *(["--search"] if search else []),
         ]
         result, requests = request_delta(base_url, lambda: run_measured(cmd, workdir, timeout))
         checked(result, f"reader_poll (workers={workers})")
@@ -433,6 +434,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32, help="aggregator.concurrency in feeds.toml")
     parser.add_argument("--timeout", type=float, default=900.0, help="kill a poller after this many seconds")
     parser.add_argument("--skip-reader", action="store_true")
+    parser.add_argument(
+        "--reader-search", action="store_true",
+        help="enable reader's full-text search and count update_search() in its passes (aggregator indexes during the pass)",
+    )
     parser.add_argument("--skip-ours", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     return parser.parse_args(argv)
@@ -453,7 +458,7 @@ def run_bench(args: argparse.Namespace, base_url: str) -> BenchResults:
                 f"tree {ours.tree_mb:.1f}MB/{ours.tree_processes} procs entries {ours.entries}", args.json)
         if not args.skip_reader:
             for workers in args.reader_workers:
-                reader = run_reader(base_url, args.feeds, workers, args.timeout)
+                reader = run_reader(base_url, args.feeds, workers, args.timeout, args.reader_search)
                 results.reader_runs.append(reader)
                 log(f"run {run}: reader w={workers} cold {reader.cold_s:.3f}s warm {reader.warm_s:.3f}s "
                     f"rss {reader.max_rss_mb:.1f}MB tree {reader.tree_mb:.1f}MB entries {reader.entries}", args.json)

@@ -1,6 +1,10 @@
 """Time a cold and a warm ``reader`` update of a set of feeds; print JSON.
 
-Usage: ``python bench/reader_poll.py --db PATH --base-url URL --feeds N --workers W``
+Usage: ``python bench/reader_poll.py --db PATH --base-url URL --feeds N --workers W [--search]``
+
+With ``--search``, reader's full-text search is enabled and each pass includes
+``update_search()``, so the store it leaves is searchable like aggregator's (whose FTS5 index
+is kept by triggers during the pass).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class PassResult:
     errors: int = 0
     new_entries: int = 0
     first_error: str | None = None
+    search_seconds: float = 0.0
 
 
 def feed_urls(base_url: str, n_feeds: int) -> list[str]:
@@ -43,22 +48,30 @@ def summarize(results: Iterable[UpdateResult], started: float) -> PassResult:
     return summary
 
 
-def timed_update(reader: Reader, workers: int) -> PassResult:
+def timed_update(reader: Reader, workers: int, search: bool) -> PassResult:
     started = time.perf_counter()
-    return summarize(reader.update_feeds_iter(scheduled=False, workers=workers), started)
+    result = summarize(reader.update_feeds_iter(scheduled=False, workers=workers), started)
+    if search:
+        indexing = time.perf_counter()
+        reader.update_search()
+        result.search_seconds = time.perf_counter() - indexing
+        result.seconds += result.search_seconds
+    return result
 
 
-def run(db_path: str, base_url: str, n_feeds: int, workers: int) -> dict[str, object]:
+def run(db_path: str, base_url: str, n_feeds: int, workers: int, search: bool = False) -> dict[str, object]:
     reader = make_reader(db_path)
     try:
         for url in feed_urls(base_url, n_feeds):
             reader.add_feed(url, exist_ok=True)
-        cold = timed_update(reader, workers)
-        warm = timed_update(reader, workers)
+        if search:
+            reader.enable_search()
+        cold = timed_update(reader, workers, search)
+        warm = timed_update(reader, workers, search)
         entries = reader.get_entry_counts().total
     finally:
         reader.close()
-    return {"workers": workers, "cold": asdict(cold), "warm": asdict(warm), "entries": entries}
+    return {"workers": workers, "search": search, "cold": asdict(cold), "warm": asdict(warm), "entries": entries}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,8 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--feeds", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--search", action="store_true", help="enable search and time update_search() too")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.db, args.base_url, args.feeds, args.workers)))
+    print(json.dumps(run(args.db, args.base_url, args.feeds, args.workers, args.search)))
 
 
 if __name__ == "__main__":
