@@ -10,6 +10,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,24 +33,36 @@ _DEDUP_KEYS = {"enabled", "window", "similarity", "short_similarity", "min_words
 _AGGREGATOR_KEYS = {
     "database", "output_dir", "interval", "concurrency", "timeout", "full_text",
     "allow_private_addresses", "user_agent", "host_concurrency", "extract_timeout", "min_interval", "max_interval",
+    "retention",
 }
 _SERVER_KEYS = {"host", "port", "base_url"}
 _OUTPUT_KEYS = {"name", "title", "max_entries", "tags", "include", "exclude"}
-_FEED_KEYS = {"url", "name", "interval", "full_text", "tags", "dedup"}
+_FEED_KEYS = {"url", "name", "interval", "full_text", "tags", "dedup", "retention"}
+KEEP_FOREVER = ("0", 0)
+MIN_RETENTION = 86400.0
+MAX_RETENTION = 36500 * 86400.0
+MAX_INTERVAL = 3650 * 86400.0  # poll intervals and the dedup window: ten years
+MAX_TIMEOUT = 86400.0  # one request or one article extraction: a day
+_LONGEST = timedelta.max.days * 86400.0
 
 
-def parse_duration(value: object) -> float:
-    """Seconds in ``"90s"``, ``"15m"``, ``"2h"``, ``"1h30m"``, ``"7d"`` or a bare number of seconds."""
+def parse_duration(value: object, most: float = _LONGEST) -> float:
+    """Seconds in ``"90s"``, ``"15m"``, ``"2h"``, ``"1h30m"``, ``"7d"`` or a bare number of seconds.
+
+    Positive, finite and at most ``most`` (by default, what a :class:`~datetime.timedelta` holds).
+    """
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = float(min(value, most + 1))  # an int too large for a float is out of range too
     elif isinstance(value, str):
         seconds = _parse_duration_text(value)
     else:
         raise ValueError(f"invalid duration {value!r}")
     if seconds <= 0:
         raise ValueError(f"duration must be positive, got {value!r}")
+    if not seconds <= most:  # also true for NaN
+        raise ValueError(f"duration must be at most {_in_days(most)}, got {value!r}")
     return seconds
 
 
@@ -107,6 +120,7 @@ class _Checker:
         maximum = self._duration(section, "max_interval", "aggregator.max_interval", 86400.0)
         if minimum > maximum:
             self.errors.append("key 'aggregator.min_interval': must not be longer than aggregator.max_interval")
+        retention = self._retention(section, "aggregator.retention", None)
         return Config(
             path=self.path,
             database=base / self._str(section, "database", "aggregator.database", "data/aggregator.db"),
@@ -116,18 +130,21 @@ class _Checker:
             min_interval=minimum,
             max_interval=maximum,
             concurrency=self._int(section, "concurrency", "aggregator.concurrency", 32, 1, 1000),
-            timeout=self._duration(section, "timeout", "aggregator.timeout", 20.0),
+            timeout=self._duration(section, "timeout", "aggregator.timeout", 20.0, MAX_TIMEOUT),
             full_text=full_text,
             allow_private_addresses=self._bool(
                 section, "allow_private_addresses", "aggregator.allow_private_addresses", False
             ),
             user_agent=self._user_agent(section),
             host_concurrency=self._int(section, "host_concurrency", "aggregator.host_concurrency", 2, 1, 64),
-            extract_timeout=self._duration(section, "extract_timeout", "aggregator.extract_timeout", 30.0),
+            extract_timeout=self._duration(
+                section, "extract_timeout", "aggregator.extract_timeout", 30.0, MAX_TIMEOUT
+            ),
             server=self._server(self._table(raw, "server")),
             dedup=self._dedup(self._table(raw, "dedup")),
             outputs=self._outputs(raw.get("outputs")),
-            feeds=self._feeds(raw.get("feeds"), interval, auto, full_text),
+            feeds=self._feeds(raw.get("feeds"), interval, auto, full_text, retention),
+            retention=retention,
         )
 
     def _table(self, raw: dict[str, Any], key: str) -> dict[str, Any]:
@@ -208,17 +225,21 @@ class _Checker:
             return ()
         return tuple(dict.fromkeys(w.strip() for w in value))
 
-    def _feeds(self, raw: object, interval: float, auto: bool, full_text: bool) -> tuple[FeedConfig, ...]:
+    def _feeds(
+        self, raw: object, interval: float, auto: bool, full_text: bool, retention: float | None
+    ) -> tuple[FeedConfig, ...]:
         if raw is None:
             return ()
         if not isinstance(raw, list):
             self.errors.append("key 'feeds': must be a list of [[feeds]] tables")
             return ()
-        feeds = [self._feed(index, item, interval, auto, full_text) for index, item in enumerate(raw)]
+        feeds = [self._feed(index, item, interval, auto, full_text, retention) for index, item in enumerate(raw)]
         self._duplicates([_url_identity(f.url) for f in feeds if f.url], "feeds", "url")
         return tuple(f for f in feeds if f.url)
 
-    def _feed(self, index: int, item: object, interval: float, auto: bool, full_text: bool) -> FeedConfig:
+    def _feed(
+        self, index: int, item: object, interval: float, auto: bool, full_text: bool, retention: float | None
+    ) -> FeedConfig:
         where = f"feeds[{index}]"
         if not isinstance(item, dict):
             self.errors.append(f"key '{where}': must be a table")
@@ -239,6 +260,7 @@ class _Checker:
             full_text=self._bool(item, "full_text", f"{where}.full_text", full_text),
             tags=self._tags(item, f"{where}.tags"),
             dedup=self._bool(item, "dedup", f"{where}.dedup", True),
+            retention=self._retention(item, f"{where}.retention", retention),
         )
 
     def _url(self, url: object, where: str) -> str:
@@ -246,7 +268,11 @@ class _Checker:
             self.errors.append(f"key '{where}': required, must be an http(s) URL")
             return ""
         url = url.strip()
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as e:
+            self.errors.append(f"key '{where}': not a valid URL: {url!r} ({e})")
+            return ""
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             self.errors.append(f"key '{where}': not an http(s) URL: {url!r}")
             return ""
@@ -283,14 +309,35 @@ class _Checker:
             return default
         return value
 
-    def _duration(self, table: dict[str, Any], key: str, where: str, default: float) -> float:
+    def _duration(
+        self, table: dict[str, Any], key: str, where: str, default: float, most: float = MAX_INTERVAL
+    ) -> float:
         if key not in table:
             return default
         try:
-            return parse_duration(table[key])
+            return parse_duration(table[key], most)
         except ValueError as e:
             self.errors.append(f"key '{where}': {e}")
             return default
+
+    def _retention(self, table: dict[str, Any], where: str, default: float | None) -> float | None:
+        """Seconds entries are kept, at least a day; ``"0"`` (or ``0``) keeps them forever (None)."""
+        if "retention" not in table:
+            return default
+        value = table["retention"]
+        if value in KEEP_FOREVER and not isinstance(value, bool):
+            return None
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            seconds = 0.0
+        if not MIN_RETENTION <= seconds <= MAX_RETENTION:  # also false for NaN
+            self.errors.append(
+                f"key '{where}': must be at least a day and at most 100 years (\"180d\", \"26w\"; \"m\" is "
+                f"minutes), or \"0\" to keep entries forever; got {value!r}"
+            )
+            return default
+        return seconds
 
     def _tags(self, table: dict[str, Any], where: str) -> tuple[str, ...]:
         value = table.get("tags", [])
@@ -298,6 +345,11 @@ class _Checker:
             self.errors.append(f"key '{where}': must be a list of non-empty strings")
             return ()
         return tuple(dict.fromkeys(t.strip() for t in value))
+
+
+def _in_days(seconds: float) -> str:
+    days = int(seconds // 86400)
+    return "1 day" if days == 1 else f"{days} days"
 
 
 def _url_identity(url: str) -> str:

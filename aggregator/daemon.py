@@ -24,7 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .articles import ArticleStage
 from .config import load_config
-from .exceptions import ConfigError
+from .exceptions import ConfigError, StorageError
 from .fetch import Fetcher
 from .generate import outputs_current, write_outputs
 from .logs import log_poll
@@ -34,6 +34,7 @@ from .politeness import host_of
 from .serve import Health, build_app, make_server
 from .storage import Store
 from .storage.articles import ArticleOutcome
+from .storage.retention import batches
 from .timeutil import iso, utcnow
 from .types import Config, FeedConfig, FeedState, PollResult
 from .workers import WorkerPool
@@ -45,6 +46,7 @@ CONFIG_CHECK_EVERY = 2.0
 FLUSH_EVERY = 2.0
 RETRY_ARTICLES_EVERY = 60.0
 GENERATE_DELAY = 2.0
+PRUNE_EVERY = 3600.0
 STOP_GRACE = 4.0
 
 
@@ -125,6 +127,7 @@ class Daemon:
         scheduler.add_job(self._flush_job, "interval", seconds=FLUSH_EVERY, id="flush", **common)
         scheduler.add_job(self._articles_job, "interval", seconds=RETRY_ARTICLES_EVERY, id="articles",
                           next_run_time=now, **common)
+        scheduler.add_job(self._retention_job, "interval", seconds=PRUNE_EVERY, id="retention", next_run_time=now, **common)
         scheduler.start()
         self._scheduler = scheduler
         self.metrics.set_scheduler_running(True)
@@ -196,14 +199,14 @@ class Daemon:
 
     async def _generate_job(self) -> None:
         assert self.store is not None and self.context is not None
-        self.context.flush()
+        await self.context.drain()
         self.context.articles.flush()
         paths = write_outputs(self.config, self.store)
         log.info("wrote %d output files", len(paths))
 
     async def _flush_job(self) -> None:
         assert self.store is not None and self.context is not None
-        self.context.flush()
+        await self.context.drain()
         self.context.articles.flush()
         self.context.articles.forget_finished()
         total, failing = self.store.feed_counts()
@@ -213,6 +216,20 @@ class Daemon:
         assert self.store is not None and self.context is not None
         urls = [feed.url for feed in self.config.feeds if feed.full_text]
         self.context.articles.submit(self.store.articles.due(urls, iso(utcnow())))
+
+    async def _retention_job(self) -> None:
+        """Prune entries past their retention, one short transaction at a time, polls running in between."""
+        assert self.store is not None
+        now, total = utcnow(), 0
+        try:
+            for count in batches(self.store.db, self.config, now):
+                total += count
+                await asyncio.sleep(0)
+        except StorageError as e:
+            log.warning("%s; %d pruned, the rest in an hour", e, total)
+        if total:
+            log.info("pruned %d entries past their retention", total)
+            self.schedule_generate()
 
     async def _config_job(self) -> None:
         await self.reload(forced=False)
@@ -271,7 +288,7 @@ class Daemon:
             self.metrics.set_scheduler_running(False)
         await self._finish_polls()
         await self.context.articles.cancel()
-        self.context.flush()
+        await self.context.aclose()
         server.should_exit = True  # type: ignore[attr-defined]
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(serving, timeout=STOP_GRACE)

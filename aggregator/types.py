@@ -17,6 +17,7 @@ class FeedConfig:
     full_text: bool = True
     tags: tuple[str, ...] = ()
     dedup: bool = True
+    retention: float | None = None  # seconds entries are kept; None: forever
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Config:
     dedup: DedupSettings = field(default_factory=DedupSettings)
     outputs: tuple[OutputConfig, ...] = (OutputConfig(),)
     feeds: tuple[FeedConfig, ...] = ()
+    retention: float | None = None  # the default; feeds no longer configured keep entries this long
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ class ParsedEntry:
     url: str | None = None
     content_hash: str = ""
     fingerprint: Fingerprint | None = None
+    summary_text: str | None = None  # the words of summary and content, for the search index
+    content_text: str | None = None
 
 
 @dataclass(frozen=True)

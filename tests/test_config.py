@@ -159,3 +159,78 @@ def test_auto_interval_and_bounds(tmp_path):
     assert fixed.feeds[0].auto_interval and not fixed.auto_interval
     with pytest.raises(ConfigError, match="min_interval"):
         load_config(write(tmp_path, '[aggregator]\nmin_interval = "2h"\nmax_interval = "1h"'))
+
+
+def test_retention_default_per_feed_override_and_forever(tmp_path):
+    text = (
+        '[aggregator]\nretention = "180d"\n'
+        '[[feeds]]\nurl = "https://example.org/a"\n'
+        '[[feeds]]\nurl = "https://example.org/b"\nretention = "4w"\n'
+        '[[feeds]]\nurl = "https://example.org/c"\nretention = "0"\n'
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.retention == 180 * 86400
+    assert [f.retention for f in config.feeds] == [180 * 86400, 28 * 86400, None]
+    kept = load_config(write(tmp_path, '[[feeds]]\nurl = "https://example.org/a"\nretention = "30d"'))
+    assert kept.retention is None, "without the key entries are kept forever"
+    assert kept.feeds[0].retention == 30 * 86400
+    assert load_config(write(tmp_path, "[aggregator]\nretention = 0")).retention is None
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[aggregator]\nretention = "6m"', "aggregator.retention"),  # six minutes, not months
+        ('[aggregator]\nretention = "12h"', "aggregator.retention"),
+        ('[aggregator]\nretention = "half a year"', "aggregator.retention"),
+        ("[aggregator]\nretention = false", "aggregator.retention"),
+        ('[[feeds]]\nurl = "https://example.org/a"\nretention = "-5d"', "feeds[0] (https://example.org/a).retention"),
+        ("[aggregator]\nretention = inf", "aggregator.retention"),
+        ("[aggregator]\nretention = nan", "aggregator.retention"),
+        ('[aggregator]\nretention = "99999999999w"', "aggregator.retention"),  # past what a date can hold
+    ],
+)
+def test_bad_retention_names_the_key_and_the_way_to_keep_forever(tmp_path, text, where):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: key '{where}': must be at least a day and at most 100 years")
+    assert '"0" to keep entries forever' in message
+
+
+TEN_YEARS = "must be at most 3650 days"
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "problem"),
+    [
+        ('[aggregator]\ninterval = "3651d"', "aggregator.interval", TEN_YEARS),
+        ('[aggregator]\nmax_interval = "99999999999w"', "aggregator.max_interval", TEN_YEARS),
+        ('[aggregator]\ninterval = "' + "9" * 400 + 's"', "aggregator.interval", TEN_YEARS),  # a float's inf
+        ("[aggregator]\ninterval = 1" + "0" * 400, "aggregator.interval", TEN_YEARS),  # too large for a float
+        ("[aggregator]\ninterval = inf", "aggregator.interval", TEN_YEARS),
+        ("[aggregator]\ninterval = nan", "aggregator.interval", TEN_YEARS),
+        ('[dedup]\nwindow = "11000d"', "dedup.window", TEN_YEARS),
+        ('[[feeds]]\nurl = "https://example.org/a"\ninterval = inf', "feeds[0] (https://example.org/a).interval", TEN_YEARS),
+        ('[aggregator]\ntimeout = "2d"', "aggregator.timeout", "must be at most 1 day"),
+        ('[aggregator]\nextract_timeout = "25h"', "aggregator.extract_timeout", "must be at most 1 day"),
+    ],
+    ids=["days", "weeks", "400-digits", "big-int", "inf", "nan", "window", "feed", "timeout", "extract-timeout"],
+)
+def test_durations_must_be_finite_and_bounded(tmp_path, text, where, problem):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: key '{where}': duration {problem}, got ")
+
+
+def test_feed_url_with_broken_brackets_is_a_config_error(tmp_path):
+    path = write(tmp_path, '[[feeds]]\nurl = "http://[::1"\n[[feeds]]\nurl = "http://[x]/"')
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).splitlines() == [
+        f"{path}: key 'feeds[0] (http://[::1).url': not a valid URL: 'http://[::1' (Invalid IPv6 URL)",
+        f"{path}: key 'feeds[1] (http://[x]/).url': not a valid URL: 'http://[x]/' "
+        "('x' does not appear to be an IPv4 or IPv6 address)",
+    ]
