@@ -6,6 +6,9 @@ points at the original directly (``duplicate_of``), never at another duplicate.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 RULE_URL = "url"
@@ -36,13 +39,14 @@ def match_url(candidates: list[Candidate], own_id: int | None = None) -> Match |
     if not others:
         return None
     original = min(others, key=lambda c: c.story_id).story_id
-    if own_id is not None and original > own_id:
+    if own_id is not None and original >= own_id:  # its own story, or a later one
         return None
     return Match(original_id=original, rule=RULE_URL)
 
 
 RULE_NEAR = "near-duplicate"
 RULE_SHORT = "same-title"
+RULE_LINKED = "linked"
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,29 @@ class NearCandidate:
 
 
 BODY_MIN_WORDS = 30
+BOILERPLATE_MIN_ENTRIES = 3
+BOILERPLATE_SHARE = 0.3
+def boilerplate(documents: Sequence[Sequence[str]]) -> frozenset[str]:
+    """Paragraphs a feed repeats across its entries (each entry given as its paragraphs): footers,
+    disclaimers, "read more" lines.
+
+    A paragraph counts when at least three entries and 30 % of them carry it, so two copies of
+    one report in a feed still match each other.
+    """
+    counts = Counter(key for blocks in documents for key in {_key(p) for p in blocks})
+    needed = max(BOILERPLATE_MIN_ENTRIES, math.ceil(BOILERPLATE_SHARE * len(documents)))
+    return frozenset(key for key, count in counts.items() if count >= needed)
+
+
+def body_text(blocks: Sequence[str], repeated: frozenset[str] = frozenset()) -> str | None:
+    """The text an entry is fingerprinted by: its paragraphs without the feed's boilerplate
+    (all of them when nothing else would be left)."""
+    kept = [p for p in blocks if _key(p) not in repeated] or blocks
+    return " ".join(kept) or None
+
+
+def _key(paragraph: str) -> str:
+    return paragraph.casefold()
 
 
 def fingerprint_of(title: str | None, body: str | None) -> Fingerprint | None:
@@ -100,7 +127,23 @@ def match_near(
     own: Fingerprint, moment: float, candidates: list[NearCandidate], settings: DedupSettings,
     own_id: int | None = None, feed_url: str = "",
 ) -> Match | None:
-    """The earliest story among candidates similar enough and close enough in time, with the best similarity.
+    """The story among candidates similar enough and close enough in time with the best similarity
+    (the earliest of equals)."""
+    found = stories_near(own, moment, candidates, settings, own_id, feed_url)
+    if not found:
+        return None
+    best = max(found, key=lambda m: (m.similarity, -m.original_id))
+    if own_id is not None and best.original_id >= own_id:
+        return None
+    return best
+
+
+def stories_near(
+    own: Fingerprint, moment: float, candidates: list[NearCandidate], settings: DedupSettings,
+    own_id: int | None = None, feed_url: str = "",
+) -> list[Match]:
+    """Every story with a member similar enough and close enough in time, earliest story first,
+    each with its best similarity.
 
     Long texts need ``similarity``; when either text is shorter than
     ``min_words`` (a title-only item), ``short_similarity``, and never within one
@@ -109,18 +152,15 @@ def match_near(
     from .similarity import from_bytes, jaccard
 
     mine = from_bytes(own.signature)
-    best: tuple[float, int] | None = None
+    best: dict[int, tuple[float, bool]] = {}
     for candidate in candidates:
         if candidate.id == own_id or abs(candidate.moment - moment) > settings.window:
             continue
         short = min(own.words, candidate.fingerprint.words) < settings.min_words
         if short and feed_url and candidate.feed_url == feed_url:
             continue
-        needed = settings.short_similarity if short else settings.similarity
         score = jaccard(mine, from_bytes(candidate.fingerprint.signature))
-        if score >= needed and (best is None or (score, -candidate.story_id) > (best[0], -best[1])):
-            best = (score, candidate.story_id)
-    if best is None or (own_id is not None and best[1] >= own_id):
-        return None
-    short = own.words < settings.min_words
-    return Match(original_id=best[1], rule=RULE_SHORT if short else RULE_NEAR, similarity=round(best[0], 3))
+        if score >= (settings.short_similarity if short else settings.similarity):
+            best[candidate.story_id] = max(best.get(candidate.story_id, (0.0, short)), (score, short))
+    rule = RULE_SHORT if own.words < settings.min_words else RULE_NEAR
+    return [Match(story, rule, round(score, 3)) for story, (score, _) in sorted(best.items())]

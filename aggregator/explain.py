@@ -10,6 +10,7 @@ _WHY = {
     "url": "same canonical link",
     "near-duplicate": "nearly the same text",
     "same-title": "nearly the same title (short item)",
+    "linked": "its story joined this one: a later entry was nearly the same as both",
 }
 
 

@@ -13,27 +13,34 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from .articles import ArticleSettings, ArticleStage
-from .exceptions import ConfigError, FeedError, StorageError
+from .documents import HTML_NOT_FEED, HtmlPage
+from .exceptions import ConfigError, FeedError, FetchError, ParseError, StorageError
 from .fetch import Fetcher, FetchSettings
 from .generate import outputs_current, write_outputs
+from .parse import not_later_than, read_document
 from .schedule import Hints, Interval, base_interval, next_poll, response_hints, retry_after
 from .storage import Store
 from .storage.articles import ArticleOutcome
-from .storage.store import body_hash
+from .storage.retention import prune
+from .storage.store import FeedWrite, StoreCounts, body_hash
 from .timeutil import iso, utcnow
-from .types import Config, FeedConfig, FeedState, FetchResult, PollResult
-from .workers import WorkerPool
+from .types import Config, FeedConfig, FeedState, FetchResult, ParsedFeed, PollResult
+from .workers import PARSE_TIME_LIMIT, WorkerPool
+from .writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
 INLINE_PARSE_BELOW = 4
+GONE = 410
+GONE_NAMED = 3
 UNCHANGED_BATCH = 200
+STORE_CHUNK = 1000
 
 
 class PassProgress(Protocol):
@@ -54,6 +61,11 @@ class PollContext:
     inline_parse: bool = False
     unchanged_batch: int = UNCHANGED_BATCH
     unchanged: list[tuple[str, FetchResult, str, str]] = field(default_factory=list)
+    threaded_writes: bool = True
+    writer: StoreWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writer = StoreWriter(self.store, threaded=self.threaded_writes)
 
     def record_unchanged(self, url: str, result: FetchResult, now: str, next_poll_at: str) -> None:
         """Polls that brought nothing new only update feed state: they are written in batches."""
@@ -62,9 +74,19 @@ class PollContext:
             self.flush()
 
     def flush(self) -> None:
+        self.writer.flush()
         if self.unchanged:
             batch, self.unchanged = self.unchanged, []
             self.store.record_unchanged(batch)
+
+    async def drain(self) -> None:
+        """Everything polled so far is in the store when this returns."""
+        self.flush()
+        await self.writer.drain()
+
+    async def aclose(self) -> None:
+        self.flush()
+        await self.writer.aclose()
 
 
 @dataclass
@@ -72,6 +94,7 @@ class PassSummary:
     results: list[PollResult] = field(default_factory=list)
     articles: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    gone: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -99,7 +122,15 @@ class PassSummary:
         if self.articles:
             done = ", ".join(f"{count} {status}" for status, count in sorted(self.articles.items()))
             text += f"; articles: {done}"
-        return text
+        return text + self._gone_text()
+
+    def _gone_text(self) -> str:
+        """The feeds left out because they answered 410 Gone, named (the first few)."""
+        if not self.gone:
+            return ""
+        more = len(self.gone) - GONE_NAMED
+        named = ", ".join(self.gone[:GONE_NAMED]) + (f" and {more} more" if more > 0 else "")
+        return f"; not polled, gone (HTTP 410): {named} (poll --feed URL to try again)"
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -112,18 +143,33 @@ class PassSummary:
             "duplicates": self.total("duplicates"),
             "articles": dict(self.articles),
             "seconds": round(self.seconds, 3),
+            "gone": list(self.gone),
             "results": [asdict(r) for r in self.results],
         }
 
 
-def select_feeds(config: Config, only: Sequence[str] = ()) -> list[FeedConfig]:
+class Selection(list[FeedConfig]):
+    """The feeds a pass is to poll. Unless the user ``named`` them, feeds that are gone (410) are left out."""
+
+    def __init__(self, feeds: Iterable[FeedConfig], *, named: bool) -> None:
+        super().__init__(feeds)
+        self.named = named
+
+
+def select_feeds(config: Config, only: Sequence[str] = ()) -> Selection:
     if not only:
-        return list(config.feeds)
+        return Selection(config.feeds, named=False)
     by_url = {feed.url: feed for feed in config.feeds}
     unknown = [url for url in only if url not in by_url]
     if unknown:
         raise ConfigError(f"{config.path}: not a configured feed: {', '.join(unknown)}")
-    return [by_url[url] for url in dict.fromkeys(only)]
+    return Selection((by_url[url] for url in dict.fromkeys(only)), named=True)
+
+
+def failing_first(feeds: Sequence[FeedConfig], states: dict[str, FeedState]) -> list[FeedConfig]:
+    """Feeds whose last poll failed go first, in their order: one that hangs until the timeout again
+    then does so while the others are polled, instead of at the end of the pass."""
+    return sorted(feeds, key=lambda feed: feed.url not in states or states[feed.url].error_count == 0)
 
 
 def fetch_settings(config: Config) -> FetchSettings:
@@ -144,12 +190,20 @@ def article_settings(config: Config) -> ArticleSettings:
 async def poll_feeds(
     config: Config, store: Store, feeds: Sequence[FeedConfig], progress: PassProgress | None = None
 ) -> PassSummary:
-    """Poll ``feeds`` now, ``config.concurrency`` at a time, extract their new articles, rewrite every output."""
+    """Poll ``feeds`` now, ``config.concurrency`` at a time, extract their new articles, rewrite every output.
+
+    A :class:`Selection` of every feed leaves out those that are gone (410); they are named in the summary.
+    """
     started = time.monotonic()
     store.sync_feeds(config.feeds, iso(utcnow()))
     store.configure_dedup(config.dedup, config.feeds)
-    states = store.feed_states(feed.url for feed in feeds)
     summary = PassSummary()
+    if isinstance(feeds, Selection) and not feeds.named:
+        gone = store.gone_feeds(feed.url for feed in feeds)
+        summary.gone = [feed.url for feed in feeds if feed.url in gone]
+        feeds = [feed for feed in feeds if feed.url not in gone]
+    states = store.feed_states(feed.url for feed in feeds)
+    feeds = failing_first(feeds, states)
     async with WorkerPool() as pool, Fetcher(fetch_settings(config)) as fetcher:
         articles = ArticleStage(store, fetcher, pool, article_settings(config), progress)
         context = PollContext(config, store, fetcher, pool, articles, len(feeds) < INLINE_PARSE_BELOW)
@@ -167,9 +221,10 @@ async def poll_feeds(
             await asyncio.gather(*(one(feed) for feed in feeds))
             summary.articles = await articles.drain()
         finally:
-            context.flush()
+            await context.aclose()
             articles.flush()
-    if summary.changed or not outputs_current(config):
+    pruned = prune(store.db, config, utcnow())  # entries past their retention, outside the feeds' transactions
+    if summary.changed or pruned or not outputs_current(config):
         write_outputs(config, store)
     summary.seconds = time.monotonic() - started
     return summary
@@ -212,12 +267,12 @@ async def _store_result(
         due = _due(context, feed, now, publish_every=state.publish_interval, hints=replace(hints, ttl=state.ttl))
         context.record_unchanged(feed.url, result, iso(now), due)
         return PollResult(url=feed.url, status="not_modified", http_status=result.status, moved_to=moved)
-    parsed = await context.pool.parse(result.body, result.final_url, result.headers, inline=context.inline_parse)
+    result, parsed = await _feed_document(context, feed, result)
+    parsed = not_later_than(parsed, iso(now))
+    moved = result.permanent_redirect
     every = parsed.publish_interval or state.publish_interval
     due = _due(context, feed, now, publish_every=every, hints=replace(hints, ttl=parsed.ttl))
-    counts = context.store.store_feed(
-        feed.url, parsed, result, now=iso(utcnow()), next_poll_at=due, full_text=feed.full_text
-    )
+    counts = await _store(context, FeedWrite(feed.url, parsed, result, iso(utcnow()), due, feed.full_text))
     context.articles.submit(counts.jobs)
     return PollResult(
         url=feed.url,
@@ -231,11 +286,83 @@ async def _store_result(
     )
 
 
+async def _store(context: PollContext, write: FeedWrite) -> StoreCounts:
+    """A feed's entries, in chunks of ``STORE_CHUNK`` when there are more: each is written in one step
+    that holds the event loop, so a feed of 10,000 items must not hold it for seconds. The oldest chunk
+    goes first; the feed's validators and body hash only with the last, so that a pass that stops
+    halfway fetches the feed again and stores the rest."""
+    entries = write.parsed.entries
+    chunks = [entries[start : start + STORE_CHUNK] for start in range(0, len(entries), STORE_CHUNK)][::-1]
+    if len(chunks) < 2:
+        return await context.writer.store_feed(write)
+    partial = replace(write.result, body=b"", headers={})
+    counts = [
+        await context.writer.store_feed(replace(write, parsed=replace(write.parsed, entries=chunk), result=partial))
+        for chunk in chunks[:-1]
+    ]
+    counts.append(await context.writer.store_feed(replace(write, parsed=replace(write.parsed, entries=chunks[-1]))))
+    return StoreCounts(
+        new=sum(c.new for c in counts),
+        updated=sum(c.updated for c in counts),
+        duplicates=sum(c.duplicates for c in counts),
+        jobs=tuple(job for c in counts for job in c.jobs),
+    )
+
+
+async def _feed_document(context: PollContext, feed: FeedConfig, result: FetchResult) -> tuple[FetchResult, ParsedFeed]:
+    """The feed in the response; for an HTML page, the feed it links to, fetched and read in its place."""
+    document = await _read(context, result)
+    if isinstance(document, ParsedFeed):
+        return result, document
+    return await _linked_feed(context, feed, result, document)
+
+
+async def _linked_feed(
+    context: PollContext, feed: FeedConfig, result: FetchResult, page: HtmlPage
+) -> tuple[FetchResult, ParsedFeed]:
+    """The first feed an HTML page links to, fetched and read; its address is kept like a permanent redirect's."""
+    if not page.feed_links:
+        raise ParseError(feed.url, page.problem())
+    link = page.feed_links[0]
+    try:
+        found = await context.fetcher.fetch(link)
+    except FetchError as e:
+        raise FetchError(feed.url, f"{HTML_NOT_FEED}; the feed it links to, {link}, failed: {e}") from e
+    parsed = await _read(context, found)
+    if isinstance(parsed, HtmlPage):
+        raise ParseError(feed.url, f"{HTML_NOT_FEED}, and the feed it links to, {link}, is an HTML page too")
+    note = f"{result.final_url} is a web page, not a feed: read the feed it links to, {link}; put that in feeds.toml"
+    warning = "; ".join(w for w in (note, parsed.warning) if w)
+    return replace(found, permanent_redirect=found.permanent_redirect or link), replace(parsed, warning=warning)
+
+
+async def _read(context: PollContext, result: FetchResult) -> ParsedFeed | HtmlPage:
+    return await context.pool.run(
+        read_document, result.body, result.final_url, dict(result.headers),
+        time_limit=PARSE_TIME_LIMIT, inline=context.inline_parse,
+    )
+
+
 def _record_failure(context: PollContext, feed: FeedConfig, state: FeedState, error: Exception) -> PollResult:
     now = utcnow()
     message = str(error) or type(error).__name__
     status = getattr(error, "status", None)
+    if status == GONE:
+        return _record_gone(context, feed, now)
     hints = Hints(retry_after=retry_after(getattr(error, "retry_after", None), now))
     due = _due(context, feed, now, publish_every=state.publish_interval, hints=hints, errors=state.error_count + 1)
     context.store.record_error(feed.url, error=message, status=status, now=iso(now), next_poll_at=due)
     return PollResult(url=feed.url, status="error", http_status=status, error=message)
+
+
+def _record_gone(context: PollContext, feed: FeedConfig, now: datetime) -> PollResult:
+    message = gone_message(feed.url)
+    context.store.record_gone(feed.url, error=message, now=iso(now))
+    return PollResult(url=feed.url, status="gone", http_status=GONE, error=message)
+
+
+def gone_message(url: str) -> str:
+    return (
+        "HTTP 410 Gone: the publisher has removed this feed, so it is no longer polled (its entries are kept); "
+        f"remove it from feeds.toml, or try it again with: aggregator poll --feed {url}"
+    )

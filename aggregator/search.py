@@ -103,6 +103,8 @@ def since_moment(text: str | datetime, now: datetime) -> str:
     except ValueError:
         try:
             return iso(now - timedelta(seconds=parse_duration(text)))
+        except OverflowError:
+            return "0001-01-01T00:00:00Z"  # further back than any date: everything
         except ValueError:
             raise SearchError(
                 f"--since {text!r}: give a date (2026-11-01), a time (2026-11-01T08:00:00Z) or a duration (7d, 12h)"

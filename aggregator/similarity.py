@@ -31,14 +31,35 @@ _SHIFT = np.uint64(32)
 _LOW32 = np.uint64(0xFFFFFFFF)
 
 
+class _Vocabulary(dict[str, int]):
+    """The 32-bit hash of every word seen, kept while the process lives (news repeats its words);
+    emptied when it grows past ``limit`` words."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __missing__(self, word: str) -> int:
+        if len(self) >= self.limit:
+            self.clear()
+        value = self[word] = zlib.crc32(word.encode("utf-8"))
+        return value
+
+
+_HASHES = _Vocabulary(200_000)
+
+
 def words(text: str) -> list[str]:
     """Lower-cased words with accents folded, so spelling variants of a text agree."""
-    return _WORD.findall(_MARKS.sub("", unicodedata.normalize("NFKD", text.casefold())))
+    folded = text.casefold()
+    if not folded.isascii():
+        folded = _MARKS.sub("", unicodedata.normalize("NFKD", folded))
+    return _WORD.findall(folded)
 
 
 def shingles(tokens: list[str]) -> np.ndarray:
     """One 32-bit hash per pair of consecutive words (per word for a one-word text)."""
-    ids = np.fromiter((zlib.crc32(t.encode("utf-8")) for t in tokens), dtype=np.uint64, count=len(tokens))
+    ids = np.fromiter(map(_HASHES.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
     if len(ids) < SHINGLE:
         return np.unique(ids)
     with np.errstate(over="ignore"):

@@ -10,10 +10,13 @@ replaced, a sentence added or dropped, another feed's boilerplate line, and
 sometimes another headline; published within the dedup window after their
 original. Every feed appends its own boilerplate line to its entries.
 
-The entries then take the real path in publication order: ``keyed(ParsedEntry(...))``
-(fingerprinting) and ``Store.store_feed`` in batches of 20 per feed and transaction,
-into a real SQLite file. Text generation is not timed; fingerprinting and storing
-are timed separately and together. Precision and recall are computed over pairs
+The entries are first written to a temporary file as feeds would deliver them, 20 per
+feed document, in publication order (not timed). Then they take the product's path, timed as
+a whole: the worker pool fingerprints each document (``parse.keyed_entries``, as
+``parse_feed`` does: the feed's boilerplate found, every entry keyed) while this process
+stores the documents in order through the poll pipeline's writer (``aggregator.writer.StoreWriter``:
+a thread of its own, several feeds per transaction), into a real SQLite file. Storing per document puts some copies in the store before their original: the
+original then links the stories of both. Precision and recall are computed over pairs
 of entries (two entries of one true story both in one stored story), from
 ``entries.duplicate_of`` against the known labels; recall is also broken down by
 the true Jaccard similarity of each near-duplicate's shingles to its original's.
@@ -31,31 +34,43 @@ long footer, to show what a change of parameters would buy.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
+import os
+import pickle
 import resource
 import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
-from aggregator.dedup import DedupSettings
-from aggregator.parse import keyed
+from aggregator.dedup import DedupSettings, boilerplate
+from aggregator.parse import keyed, keyed_entries
 from aggregator.similarity import shingles, words
 from aggregator.storage import Store
+from aggregator.storage.store import FeedWrite
+from aggregator.writer import StoreWriter
 from aggregator.types import FeedConfig, FetchResult, ParsedEntry, ParsedFeed
+from aggregator.workers import WorkerPool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proctree import TreeMemorySampler  # noqa: E402
 
 RATE_TARGET = 2000.0
 PRECISION_TARGET = 0.99
 RECALL_TARGET = 0.95
 MEMORY_TARGET_MB = 300.0
 BATCH = 20
+AHEAD = 8  # feed documents handed to the workers ahead of the one being stored
+WAITING = 32  # feed documents waiting to be stored at most (a poll's concurrency)
 START = datetime(2026, 10, 1, tzinfo=UTC)
 
 def _split(text: str) -> list[str]:
@@ -262,15 +277,17 @@ def true_jaccard(corpus: Corpus, plan: Plan) -> float:
 # --- what-if: the same decisions with other parameters --------------------------------------------
 
 WHAT_IF = [  # name, shingle words, hash functions, bands, rows, threshold (None: exact Jaccard >= 0.5 decides)
-    ("current: 3-word, 64 = 16x4, >= 0.5", 3, 64, 16, 4, 0.5),
-    ("3-word, 63 = 21x3, >= 0.5", 3, 63, 21, 3, 0.5),
-    ("3-word, 128 = 32x4, >= 0.5", 3, 128, 32, 4, 0.5),
-    ("3-word, 126 = 42x3, >= 0.45", 3, 126, 42, 3, 0.45),
-    ("3-word, 64 = 16x4, exact J >= 0.5", 3, 64, 16, 4, None),
-    ("2-word, 64 = 16x4, >= 0.5", 2, 64, 16, 4, 0.5),
+    ("current: 2-word, 64 = 16x4, >= 0.5", 2, 64, 16, 4, 0.5),
+    ("2-word, 64 = 16x4, >= 0.45", 2, 64, 16, 4, 0.45),
+    ("2-word, 63 = 21x3, >= 0.5", 2, 63, 21, 3, 0.5),
+    ("2-word, 64 = 32x2, >= 0.5", 2, 64, 32, 2, 0.5),
     ("2-word, 128 = 32x4, >= 0.5", 2, 128, 32, 4, 0.5),
     ("2-word, 126 = 42x3, >= 0.5", 2, 126, 42, 3, 0.5),
+    ("2-word, 126 = 42x3, >= 0.45", 2, 126, 42, 3, 0.45),
+    ("2-word, 128 = 64x2, >= 0.45", 2, 128, 64, 2, 0.45),
     ("2-word, 126 = 42x3, exact J >= 0.5", 2, 126, 42, 3, None),
+    ("1-word, 63 = 21x3, >= 0.6", 1, 63, 21, 3, 0.6),
+    ("1-word, 126 = 42x3, >= 0.65", 1, 126, 42, 3, 0.65),
 ]
 FAMILIES = 10  # hash families the fixture pairs are replayed with (they are few: expected counts)
 POLICE_FOOTER = (
@@ -281,7 +298,7 @@ POLICE_FOOTER = (
 
 
 def shingle_hashes(tokens: list[str], size: int) -> np.ndarray:
-    """Like ``aggregator.similarity.shingles`` (identical for size 3), for runs of ``size`` words."""
+    """Like ``aggregator.similarity.shingles`` (identical for size 2), for runs of ``size`` words."""
     import zlib
 
     ids = np.fromiter((zlib.crc32(t.encode("utf-8")) for t in tokens), dtype=np.uint64, count=len(tokens))
@@ -320,9 +337,9 @@ class Replay:
 
 def fixture_texts() -> list[tuple[list[str], str]]:
     """The labelled fixtures' long texts (title-only items have their own rule) with their story labels."""
-    from aggregator.dedup import fingerprint_text
+    from aggregator.dedup import BODY_MIN_WORDS, body_text
+    from aggregator.sanitize import html_blocks
     from aggregator.parse import parse_feed
-    from aggregator.sanitize import plain_text
 
     root = Path(__file__).resolve().parent.parent / "tests" / "data" / "stories"
     if not (root / "labels.json").exists():
@@ -330,8 +347,13 @@ def fixture_texts() -> list[tuple[list[str], str]]:
     labels = json.loads((root / "labels.json").read_text(encoding="utf-8"))
     items = []
     for feed in labels["feeds"]:
-        for entry in parse_feed((root / feed["file"]).read_bytes(), "http://feeds.test/" + feed["file"], {}).entries:
-            tokens = words(fingerprint_text(entry.title, plain_text(entry.content or entry.summary)) or "")
+        entries = parse_feed((root / feed["file"]).read_bytes(), "http://feeds.test/" + feed["file"], {}).entries
+        blocks = [html_blocks(e.content or e.summary) for e in entries]
+        repeated = boilerplate(blocks)
+        for entry, paragraphs in zip(entries, blocks, strict=True):
+            tokens = words(body_text(paragraphs, repeated) or "")
+            if len(tokens) < BODY_MIN_WORDS:
+                tokens = words(entry.title or "") + tokens
             if len(tokens) >= 30:
                 items.append((tokens, feed["entries"][entry.guid]))
     return items
@@ -392,6 +414,97 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def write_events(corpus: Corpus, order: list[Plan], path: Path) -> None:
+    """The entries as feeds would deliver them, 20 per feed document, pickled one document at a time:
+    ``(feed, moment, entries)``, with the rest of every feed at the end."""
+    pending: dict[int, list[ParsedEntry]] = {}
+    with path.open("wb") as out:
+        for plan in order:
+            pending.setdefault(plan.feed, []).append(corpus.entry(plan))
+            if len(pending[plan.feed]) >= BATCH:
+                pickle.dump((plan.feed, plan.published, pending.pop(plan.feed)), out, pickle.HIGHEST_PROTOCOL)
+        last = order[-1].published if order else 0.0
+        for feed, entries in pending.items():
+            pickle.dump((feed, last, entries), out, pickle.HIGHEST_PROTOCOL)
+
+
+def read_events(path: Path) -> Iterator[tuple[int, float, list[ParsedEntry]]]:
+    with path.open("rb") as source:
+        while True:
+            try:
+                yield pickle.load(source)
+            except EOFError:
+                return
+
+
+@dataclass
+class Timing:
+    wall_s: float = 0.0
+    store_s: float = 0.0
+    wait_s: float = 0.0
+    stored: int = 0
+    slices: list[tuple[int, float]] = field(default_factory=list)
+
+
+async def deduplicate(store: Store, events: Path, total: int) -> Timing:
+    """The product's path: the worker pool fingerprints feed documents (as it parses them in a poll)
+    while the poll pipeline's writer (``StoreWriter``, threaded) stores them in order."""
+    timing = Timing()
+    ahead: deque[tuple[asyncio.Future, int, float]] = deque()
+    stores: list[asyncio.Future] = []
+    slice_size = max(1, total // 10)
+    real_store_feeds = Store.store_feeds
+
+    def timed_store_feeds(self: Store, writes: list[FeedWrite]) -> list:
+        begun = time.perf_counter()
+        try:
+            return real_store_feeds(self, writes)
+        finally:
+            timing.store_s += time.perf_counter() - begun
+
+    Store.store_feeds = timed_store_feeds  # type: ignore[method-assign]
+    try:
+        async with WorkerPool() as pool:
+            await pool.run(sum, [0], time_limit=30)
+            writer = StoreWriter(store, threaded=True)
+            started = slice_start = time.perf_counter()
+            next_slice = slice_size
+
+            async def take() -> None:
+                nonlocal slice_start, next_slice
+                future, feed, now = ahead.popleft()
+                waited = time.perf_counter()
+                entries = await future
+                timing.wait_s += time.perf_counter() - waited
+                url = feed_url(feed)
+                parsed = ParsedFeed(title=f"Feed {feed}", site_url=None, language=None, entries=tuple(reversed(entries)))
+                write = FeedWrite(url, parsed, FetchResult(url, url, 200, {}), iso(now), iso(now + 1800))
+                stores.append(asyncio.ensure_future(writer.store_feed(write)))
+                while sum(not f.done() for f in stores[-2 * WAITING:]) > WAITING:  # as a poll's concurrency bounds it
+                    await asyncio.wait([f for f in stores[-2 * WAITING:] if not f.done()], return_when=asyncio.FIRST_COMPLETED)
+                timing.stored += len(entries)
+                if timing.stored >= next_slice:
+                    now_s = time.perf_counter()
+                    timing.slices.append((timing.stored, slice_size / (now_s - slice_start)))
+                    slice_start, next_slice = now_s, next_slice + slice_size
+                    log(f"  {timing.stored:>7} entries  {timing.slices[-1][1]:7.0f} entries/s in this tenth  "
+                        f"(storing {timing.store_s:.1f}s, waiting {timing.wait_s:.1f}s, peak RSS {peak_rss_mb():.0f} MB)")
+
+            for feed, now, entries in read_events(events):
+                ahead.append((asyncio.ensure_future(pool.run(keyed_entries, entries, time_limit=60)), feed, now))
+                if len(ahead) >= AHEAD:
+                    await take()
+            while ahead:
+                await take()
+            for outcome in await asyncio.gather(*stores, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            await writer.aclose()
+            timing.wall_s = time.perf_counter() - started
+    finally:
+        Store.store_feeds = real_store_feeds  # type: ignore[method-assign]
+    return timing
+
 def run(args: argparse.Namespace) -> dict:
     settings = DedupSettings(enabled=not args.no_dedup)
     corpus = Corpus(args.entries, args.dup_share, args.feeds, args.days, settings.window, args.seed)
@@ -402,55 +515,30 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit(f"{db_path} exists; give a new path")
     feeds = [FeedConfig(feed_url(f)) for f in range(args.feeds)]
     rss_before = peak_rss_mb()
-    fingerprint_s = store_s = generate_s = 0.0
-    slices: list[tuple[int, float]] = []
-    pending: dict[int, list[ParsedEntry]] = {}
-    stored = 0
     with Store.open(db_path) as store:
         store.sync_feeds(feeds, iso(0))
         store.configure_dedup(settings, feeds)
-        slice_size = max(1, len(order) // 10)
-        slice_cost = 0.0
-
-        def flush(feed: int, now: float) -> None:
-            nonlocal store_s, slice_cost, stored
-            batch = pending.pop(feed)
-            url = feed_url(feed)
-            parsed = ParsedFeed(title=f"Feed {feed}", site_url=None, language=None, entries=tuple(reversed(batch)))
-            started = time.perf_counter()
-            store.store_feed(url, parsed, FetchResult(url, url, 200, {}), now=iso(now), next_poll_at=iso(now + 1800))
-            spent = time.perf_counter() - started
-            store_s += spent
-            slice_cost += spent
-            stored += len(batch)
-
-        for n, plan in enumerate(order, 1):
-            started = time.perf_counter()
-            raw = corpus.entry(plan)
-            generate_s += time.perf_counter() - started
-            started = time.perf_counter()
-            entry = keyed(raw)
-            spent = time.perf_counter() - started
-            fingerprint_s += spent
-            slice_cost += spent
-            pending.setdefault(plan.feed, []).append(entry)
-            if len(pending[plan.feed]) >= BATCH:
-                flush(plan.feed, plan.published)
-            if n % slice_size == 0:
-                slices.append((n, slice_size / slice_cost if slice_cost else 0.0))
-                slice_cost = 0.0
-                log(f"  {n:>7} entries  {slices[-1][1]:7.0f} entries/s in this tenth  "
-                    f"(fingerprint {fingerprint_s:.1f}s, store {store_s:.1f}s, peak RSS {peak_rss_mb():.0f} MB)")
-        last = order[-1].published if order else 0.0
-        for feed in list(pending):
-            flush(feed, last)
+        events = workdir / "events.pickle"
+        started = time.perf_counter()
+        write_events(corpus, order, events)
+        generate_s = time.perf_counter() - started
+        log(f"  {len(order):,} entries written to {events} in {generate_s:.1f}s (not timed); deduplicating")
+        sampler = TreeMemorySampler(os.getpid(), interval=0.2)
+        sampler.start()
+        try:
+            timing = asyncio.run(deduplicate(store, events, len(order)))
+        finally:
+            sampler.stop()
+        fingerprint_s, store_s, slices, stored = timing.wait_s, timing.store_s, timing.slices, timing.stored
+        wall_s = timing.wall_s
+        events.unlink()
         rows = store.db.execute(
             "SELECT guid, coalesce(duplicate_of, id), duplicate_rule FROM entries WHERE feed_url LIKE 'https://feed%'"
         ).fetchall()
         db_bytes = db_path.stat().st_size + sum(
             p.stat().st_size for p in db_path.parent.glob(db_path.name + "-*") if p.is_file()
         )
-    peak = peak_rss_mb()
+    peak = max(peak_rss_mb(), sampler.peak_mb)
 
     predicted = {int(guid.removeprefix("bench-")): story for guid, story, _ in rows}
     truth = {p.index: p.original for p in corpus.plans}
@@ -475,7 +563,7 @@ def run(args: argparse.Namespace) -> dict:
                 by_bucket[(low, high)][0] += 1
                 by_bucket[(low, high)][1] += found
 
-    total_s = fingerprint_s + store_s
+    total_s = wall_s
     rate = stored / total_s if total_s else math.inf
     return {
         "command": " ".join(["python", "bench/dedup_bench.py", *sys.argv[1:]]),
@@ -485,13 +573,13 @@ def run(args: argparse.Namespace) -> dict:
         "feeds": args.feeds,
         "days": args.days,
         "near_duplicate_detection": not args.no_dedup,
-        "seconds": {"fingerprint": round(fingerprint_s, 2), "store": round(store_s, 2), "total": round(total_s, 2),
+        "seconds": {"total": round(total_s, 2), "store": round(store_s, 2), "waiting_for_fingerprints": round(fingerprint_s, 2),
                     "generate_untimed": round(generate_s, 2)},
         "entries_per_second": round(rate, 1),
-        "fingerprint_per_second": round(stored / fingerprint_s, 1) if fingerprint_s else None,
         "store_per_second": round(stored / store_s, 1) if store_s else None,
         "rate_by_tenth": [round(r) for _, r in slices],
         "peak_rss_mb": round(peak, 1),
+        "tree_pss_mb": round(sampler.peak_mb, 1),
         "rss_before_run_mb": round(rss_before, 1),
         "database_mb": round(db_bytes / 1e6, 1),
         "pairs": {"true": true_pairs, "predicted": predicted_pairs, "correct": both},
@@ -519,12 +607,12 @@ def report(result: dict) -> None:
     s = result["seconds"]
     print(f"dedup benchmark: {result['entries']:,} entries ({result['originals']:,} originals, "
           f"{result['near_duplicates']:,} near-duplicates) from {result['feeds']} feeds over {result['days']:g} days")
-    print(f"  time          fingerprint {s['fingerprint']:.1f} s + store {s['store']:.1f} s = {s['total']:.1f} s "
-          f"(text generation, untimed: {s['generate_untimed']:.1f} s)")
-    print(f"  throughput    {result['entries_per_second']:,.0f} entries/s "
-          f"(fingerprint alone {result['fingerprint_per_second']:,.0f}/s, store alone {result['store_per_second']:,.0f}/s)")
+    print(f"  time          {s['total']:.1f} s: the writer thread storing {s['store']:.1f} s, waiting for the workers' "
+          f"fingerprints {s['waiting_for_fingerprints']:.1f} s (text generation, untimed: {s['generate_untimed']:.1f} s)")
+    print(f"  throughput    {result['entries_per_second']:,.0f} entries/s (storing alone {result['store_per_second']:,.0f}/s)")
     print(f"  by tenth      {', '.join(str(r) for r in result['rate_by_tenth'])} entries/s")
-    print(f"  memory        peak RSS {result['peak_rss_mb']:.0f} MB (before the run {result['rss_before_run_mb']:.0f} MB); "
+    print(f"  memory        peak {result['peak_rss_mb']:.0f} MB: the larger of this process's peak RSS and the peak PSS "
+          f"of it and its workers together ({result['tree_pss_mb']:.0f} MB); before the run {result['rss_before_run_mb']:.0f} MB; "
           f"database {result['database_mb']:.0f} MB{' at ' + result['database'] if result['database'] else ''}")
     pairs = result["pairs"]
     print(f"  pairs         true {pairs['true']:,}, predicted {pairs['predicted']:,}, correct {pairs['correct']:,}")

@@ -20,8 +20,9 @@ import feedparser
 import pytest
 
 from aggregator.config import load_config
-from aggregator.dedup import DedupSettings
+from aggregator.dedup import DedupSettings, body_text, boilerplate, fingerprint_of
 from aggregator.parse import keyed, parse_feed
+from aggregator.sanitize import html_blocks
 from aggregator.similarity import band_keys, from_bytes
 from aggregator.storage import Store
 from aggregator.types import FeedConfig, FetchResult, ParsedEntry, ParsedFeed
@@ -529,3 +530,60 @@ def test_poll_cli_stores_one_story_and_the_merged_feed_shows_it_once(http, write
         assert len(parsed.entries) == stories, suffix
     no_chains = "SELECT count(*) FROM entries d JOIN entries o ON o.id = d.duplicate_of WHERE o.duplicate_of IS NOT NULL"
     assert conn.execute(no_chains).fetchone()[0] == 0
+
+
+# --- a feed's boilerplate, and stories found to be one ----------------------------------------------
+
+
+def _rss(items: Sequence[tuple[str, str, str]]) -> bytes:
+    """An RSS document of ``(guid, title, description HTML)`` items."""
+    body = "".join(
+        f"<item><guid>{guid}</guid><title>{title}</title><description><![CDATA[{html}]]></description>"
+        f"<pubDate>Wed, 25 Nov 2026 0{i}:00:00 +0000</pubDate></item>"
+        for i, (guid, title, html) in enumerate(items)
+    )
+    return f'<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>T</title>{body}</channel></rss>'.encode()
+
+
+def test_boilerplate_is_what_three_entries_and_a_third_of_a_feed_repeat() -> None:
+    footer = "<p>Rückfragen bitte an die <b>Presse</b>stelle.</p>"
+    bodies = [f"<p>Meldung {i}</p>{footer}" for i in range(6)] + ["<p>Zwei Mal</p>", "<p>zwei mal</p>", None]
+    documents = [html_blocks(body) for body in bodies]
+    assert documents[0] == ["Meldung 0", "Rückfragen bitte an die Pressestelle."]
+    assert boilerplate(documents) == frozenset({"rückfragen bitte an die pressestelle."})
+    assert boilerplate(documents[:2]) == frozenset()  # two entries sharing a paragraph may be one report twice
+    assert body_text(documents[1], boilerplate(documents)) == "Meldung 1"
+    assert body_text(documents[0][1:], boilerplate(documents)) == "Rückfragen bitte an die Pressestelle."  # never nothing
+
+
+def test_a_feeds_footer_is_left_out_of_its_fingerprints() -> None:
+    """A press office's reports end in one long footer; fingerprinted with it, two unrelated reports
+    look alike and a copy without it looks different. ``parse_feed`` fingerprints the text without it."""
+    rng = random.Random(5)
+    vocabulary = _vocabulary()
+    bodies = [" ".join(rng.choice(vocabulary) for _ in range(40)) for _ in range(5)]
+    parsed = parse_feed(_rss([(f"pm-{i}", f"Meldung {i}", f"<p>{b}</p><p>{FOOTER}</p>") for i, b in enumerate(bodies)]),
+                        "http://police.test/feed", {})
+    for entry, body in zip(parsed.entries, bodies):
+        assert entry.fingerprint == fingerprint_of(entry.title, body)
+
+
+def test_an_entry_like_two_stories_makes_them_one(store: Store) -> None:
+    """Two copies edited apart (Jaccard about 0.3) are stored first as two stories; the original,
+    fetched later, is nearly the same as each: the later story joins the earlier, members and all."""
+    rng = random.Random(8)
+    vocabulary = _vocabulary()
+    text = [rng.choice(vocabulary) for _ in range(150)]
+    versions = {"a": text[:100], "b": text[50:], "full": text}
+    for n, (name, words) in enumerate(versions.items()):
+        url = f"http://{name}.test/feed"
+        store.sync_feeds([FeedConfig(url)], POLLED)
+        entry = keyed(ParsedEntry(guid=name, link=f"https://{name}.example/1", title=f"Bericht {name}", author=None,
+                                  published=f"2026-11-25T0{n}:00:00Z", updated=None,
+                                  summary="<p>" + " ".join(words) + "</p>", content=None))
+        store.store_feed(url, ParsedFeed(name, None, None, (entry,)), FetchResult(url, url, 200, {}), now=POLLED, next_poll_at=DUE)
+    rows = {guid: (i, dup, rule) for guid, i, dup, rule in store.db.execute("SELECT guid, id, duplicate_of, duplicate_rule FROM entries")}
+    first = rows["a"][0]
+    assert rows["b"][1:] == (first, "linked")
+    assert rows["full"][1:] == (first, "near-duplicate")
+    assert store.scalar("SELECT count(*) FROM stories") == 1

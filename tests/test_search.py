@@ -10,7 +10,7 @@ import pytest
 from sqlite_utils import Database
 
 from aggregator.parse import keyed
-from aggregator.search import SearchError, fts_query, render_text, search
+from aggregator.search import SearchError, fts_query, render_text, search, since_moment
 from aggregator.storage import Store
 from aggregator.storage.articles import ArticleOutcome
 from aggregator.storage.schema import migrations
@@ -174,6 +174,32 @@ def test_index_is_kept_by_triggers_for_any_connection(store):
     assert hit.snippet == "Eingefügt & **gefunden**: **Fähre**"
 
 
+def test_the_index_takes_the_words_aggregator_wrote(store):
+    """Entries carry the words of their HTML (computed while parsing); the triggers index those."""
+    row = store.db.execute("SELECT id, summary_text FROM entries WHERE guid = 'a1'").fetchone()
+    assert row[1] == "Die Bürgermeisterin gab die Brücke für Fußgänger frei."
+    assert store.scalar("SELECT summary FROM entries_fts WHERE rowid = ?", [row[0]]) == row[1]
+    conn = sqlite3.connect(store.path)
+    with conn:
+        conn.execute(
+            """INSERT INTO entries (feed_url, guid, title, summary, summary_text, first_seen, content_hash)
+            VALUES (?, 'words', 'Eigene Wörter', '<p>Markup</p>', 'Seilbahn über den Rhein', ?, 'y')""",
+            [B, NOW],
+        )
+    conn.close()
+    assert titles(search(store, "Seilbahn")) == ["Eigene Wörter"]
+
+
+def test_html_changed_without_its_words_is_stripped_again(store):
+    """Someone edits the HTML but not its words: the index follows the HTML, not the stale words."""
+    conn = sqlite3.connect(store.path)
+    with conn:
+        conn.execute("UPDATE entries SET summary = '<p>Neu: <b>Seil</b>bahn statt Brücke</p>' WHERE guid = 'a1'")
+    conn.close()
+    assert titles(search(store, "Seilbahn")) == ["Neue Brücke über den Rhein eröffnet"]
+    assert search(store, "Bürgermeisterin") == []
+
+
 def test_sqlite_utils_finds_the_index(store):
     rows = list(store.db["entries_fts"].search("brücke", columns=["title"]))
     assert {row["title"] for row in rows} >= {"Alte Brücke wird abgerissen"}
@@ -262,3 +288,9 @@ def test_search_command_exits_2_on_a_bad_config(tmp_path, run_cli):
     broken.write_text("[aggregator]\ninterval = \n", encoding="utf-8")
     done = run_cli("search", "Brücke", config=broken)
     assert done.returncode == 2 and "feeds.toml" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_since_a_duration_longer_than_the_calendar_means_everything() -> None:
+    now = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    assert since_moment("1000000d", now) == "0001-01-01T00:00:00Z"
+    assert since_moment("7d", now) == "2026-11-13T10:00:00Z"

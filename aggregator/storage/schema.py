@@ -192,3 +192,85 @@ def m007_near_duplicates(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX entry_bands_entry ON entry_bands(entry_id)")
+
+
+@migrations()
+def m009_gone_feeds(db: Database) -> None:
+    """A feed that answered 410 Gone is no longer polled: when that happened, and `gone` in feed_health."""
+    db.execute("ALTER TABLE feeds ADD COLUMN gone_at TEXT")
+    db.execute("DROP VIEW IF EXISTS feed_health")
+    db.execute(
+        """
+        CREATE VIEW feed_health AS
+        SELECT f.url, f.name, f.title,
+            CASE WHEN f.last_polled_at IS NULL THEN 'never polled'
+                WHEN f.gone_at IS NOT NULL THEN 'gone'
+                WHEN f.last_error IS NOT NULL THEN 'failing'
+                WHEN f.moved_to IS NOT NULL THEN 'moved'
+                ELSE 'ok' END AS status,
+            f.last_status, f.last_error, f.last_warning, f.error_count, f.last_polled_at,
+            f.last_success_at, f.next_poll_at, f.moved_to, f.gone_at,
+            (SELECT count(*) FROM entries e WHERE e.feed_url = f.url) AS entry_count
+        FROM feeds f
+        """
+    )
+
+
+ENTRY_DATE_SQL = "min(coalesce(published, first_seen), first_seen)"
+
+
+@migrations()
+def m010_retention(db: Database) -> None:
+    """Pruning by age: entries found by feed and date; pruned entries remembered while their feed lists them.
+
+    Also mends stories that an edited original made point at themselves (``duplicate_of = id``).
+    """
+    db.execute(f"CREATE INDEX entries_feed_date ON entries(feed_url, {ENTRY_DATE_SQL})")
+    db.execute(
+        """
+        CREATE TABLE pruned_entries (
+            feed_url TEXT NOT NULL,
+            guid TEXT NOT NULL,
+            pruned_at TEXT NOT NULL,
+            PRIMARY KEY (feed_url, guid)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute("UPDATE entries SET duplicate_of = NULL, duplicate_rule = NULL, similarity = NULL WHERE duplicate_of = id")
+
+
+def _text_or_html(row: str, column: str, stale: str | None = None) -> str:
+    """SQL: the stored words of ``column`` (``<column>_text``, written by aggregator), else its HTML
+    stripped in SQL (a row someone else wrote); ``stale`` is when the words no longer match the HTML."""
+    words, markup = f"{row}.{column}_text", html_text_sql(f"{row}.{column}")
+    usable = f"{words} IS NOT NULL" + (f" AND NOT ({stale})" if stale else "")
+    return f"CASE WHEN {usable} THEN {words} ELSE {markup} END"
+
+
+@migrations()
+def m011_search_text(db: Database) -> None:
+    """The words of summary and content, taken from the parse workers rather than stripped in SQL.
+
+    Stripping HTML in the triggers cost the writing process more than indexing the words. Rows
+    written by others (no ``*_text``, or HTML changed without its words) are still stripped in SQL.
+    """
+    db.execute("ALTER TABLE entries ADD COLUMN summary_text TEXT")
+    db.execute("ALTER TABLE entries ADD COLUMN content_text TEXT")
+    for trigger in ("entries_fts_insert", "entries_fts_update"):
+        db.execute(f"DROP TRIGGER {trigger}")
+    columns = ", ".join(FTS_COLUMNS)
+    stale = "new.{0} IS NOT old.{0} AND new.{0}_text IS old.{0}_text"
+    values = {
+        "insert": f"new.id, new.title, {_text_or_html('new', 'summary')}, {_text_or_html('new', 'content')}, new.article_text",
+        "update": f"new.id, new.title, {_text_or_html('new', 'summary', stale.format('summary'))}, "
+        f"{_text_or_html('new', 'content', stale.format('content'))}, new.article_text",
+    }
+    db.execute(
+        f"CREATE TRIGGER entries_fts_insert AFTER INSERT ON entries BEGIN\n"
+        f"    INSERT INTO entries_fts (rowid, {columns}) VALUES ({values['insert']});\nEND"
+    )
+    db.execute(
+        f"CREATE TRIGGER entries_fts_update AFTER UPDATE OF id, {columns}, summary_text, content_text ON entries BEGIN\n"
+        f"    DELETE FROM entries_fts WHERE rowid = old.id;\n"
+        f"    INSERT INTO entries_fts (rowid, {columns}) VALUES ({values['update']});\nEND"
+    )

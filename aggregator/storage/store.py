@@ -1,4 +1,4 @@
-"""Reads and writes of the SQLite store. One transaction per feed; no network I/O inside one."""
+"""Reads and writes of the SQLite store. Each feed's writes are atomic; no network I/O inside a transaction."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from ..dedup import RULE_URL, Candidate, DedupSettings, Fingerprint, Match, match_near, match_url
+from ..dedup import RULE_LINKED, RULE_URL, Candidate, DedupSettings, Fingerprint, Match, match_url, stories_near
 from ..exceptions import StorageError
 from ..types import ArticleJob, FeedConfig, FeedState, FetchResult, ParsedEntry, ParsedFeed
-from . import stories
+from . import retention, stories
 from .articles import ArticleLedger
 from .schema import migrations
+from .transactions import immediate
 
 BUSY_TIMEOUT_SECONDS = 30
 
@@ -29,6 +30,18 @@ class StoreCounts:
     updated: int = 0
     duplicates: int = 0
     jobs: tuple[ArticleJob, ...] = ()
+
+
+@dataclass(frozen=True)
+class FeedWrite:
+    """One successful poll to store: the feed's entries and its new state."""
+
+    url: str
+    parsed: ParsedFeed
+    result: FetchResult
+    now: str
+    next_poll_at: str
+    full_text: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,7 @@ class FeedRow:
     error_count: int
     next_poll_at: str | None
     moved_to: str | None
+    gone_at: str | None
 
     @property
     def display_name(self) -> str:
@@ -130,7 +144,7 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Database]:
         try:
-            with self.db.atomic():
+            with immediate(self.db):  # waits for another writer; a deferred BEGIN could fail at once
                 yield self.db
         except sqlite3.Error as e:
             raise StorageError(f"{self.path}: write failed: {e}") from e
@@ -160,12 +174,37 @@ class Store:
         return states
 
     def due_feeds(self, now: str, limit: int = 1_000_000) -> list[str]:
-        """Feeds due for a poll (never polled first, then the most overdue), configured or not."""
-        fresh = [row[0] for row in self.db.execute("SELECT url FROM feeds WHERE next_poll_at IS NULL LIMIT ?", [limit])]
+        """Feeds due for a poll (never polled first, then the most overdue), configured or not; never gone ones."""
+        fresh = [
+            row[0]
+            for row in self.db.execute("SELECT url FROM feeds WHERE next_poll_at IS NULL AND gone_at IS NULL LIMIT ?", [limit])
+        ]
         overdue = self.db.execute(
             "SELECT url FROM feeds WHERE next_poll_at <= ? ORDER BY next_poll_at LIMIT ?", [now, limit - len(fresh)]
         )
         return fresh + [row[0] for row in overdue]
+
+    def gone_feeds(self, urls: Iterable[str]) -> set[str]:
+        """Which of these feeds answered 410 Gone and are no longer polled."""
+        gone: set[str] = set()
+        for chunk in _chunks(list(urls)):
+            marks = ",".join("?" * len(chunk))
+            gone.update(row[0] for row in self.db.execute(
+                f"SELECT url FROM feeds WHERE gone_at IS NOT NULL AND url IN ({marks})", chunk
+            ))
+        return gone
+
+    def record_gone(self, url: str, *, error: str, now: str) -> None:
+        """The feed answered 410 Gone: no poll is scheduled (``next_poll_at`` NULL) until it answers otherwise."""
+        with self._write() as db:
+            db.execute(
+                """
+                UPDATE feeds SET last_polled_at = ?, last_status = 410, last_error = ?,
+                    error_count = error_count + 1, next_poll_at = NULL, gone_at = coalesce(gone_at, ?)
+                WHERE url = ?
+                """,
+                [now, error, now, url],
+            )
 
     def poll_no_later_than(self, urls: Sequence[str], moment: str) -> None:
         """Bring the next poll of these feeds forward to ``moment`` where it is later (a shorter interval)."""
@@ -188,7 +227,7 @@ class Store:
             db.execute(
                 """
                 UPDATE feeds SET last_polled_at = ?, last_status = ?, last_error = ?,
-                    error_count = error_count + 1, next_poll_at = ?
+                    error_count = error_count + 1, next_poll_at = ?, gone_at = NULL
                 WHERE url = ?
                 """,
                 [now, status, error, next_poll_at, url],
@@ -209,9 +248,29 @@ class Store:
         With ``full_text``, new and changed entries are queued for article
         extraction; the jobs are returned.
         """
-        with self._write() as db:
-            counts = self._upsert_entries(db, url, parsed.entries, now, full_text)
-            self._record_success(db, url, result, parsed, now, next_poll_at)
+        outcome = self.store_feeds([FeedWrite(url, parsed, result, now, next_poll_at, full_text)])[0]
+        if isinstance(outcome, StorageError):
+            raise outcome
+        return outcome
+
+    def store_feeds(self, writes: Sequence[FeedWrite]) -> list[StoreCounts | StorageError]:
+        """Store several polls in one transaction, each in a savepoint of its own.
+
+        A feed whose writes fail is rolled back alone and gets its error; the others commit.
+        One commit for several feeds shares its cost (the index pages, the full-text segment).
+        """
+        with self._write():
+            return [self._store_one(write) for write in writes]
+
+    def _store_one(self, write: FeedWrite) -> StoreCounts | StorageError:
+        try:
+            with self.db.atomic() as db:
+                counts = self._upsert_entries(db, write.url, write.parsed.entries, write.now, write.full_text)
+                self._record_success(db, write.url, write.result, write.parsed, write.now, write.next_poll_at)
+        except sqlite3.Error as e:
+            if not self.db.conn.in_transaction:
+                raise  # the error ended the whole transaction: no feed of the batch is stored
+            return StorageError(f"{self.path}: cannot store {write.url}: {e}")
         return counts
 
     def _record_success(
@@ -226,7 +285,7 @@ class Store:
                 last_modified = CASE WHEN ? = 304 THEN coalesce(?, last_modified) ELSE ? END,
                 body_hash = coalesce(?, body_hash),
                 last_polled_at = ?, last_success_at = ?, last_status = ?, last_error = NULL,
-                last_warning = ?, error_count = 0, next_poll_at = ?,
+                last_warning = ?, error_count = 0, next_poll_at = ?, gone_at = NULL,
                 moved_to = coalesce(?, moved_to),
                 ttl = CASE WHEN ? THEN ? ELSE ttl END,
                 publish_interval = CASE WHEN ? THEN coalesce(?, publish_interval) ELSE publish_interval END
@@ -252,6 +311,7 @@ class Store:
     def _upsert_entries(
         self, db: Database, feed_url: str, entries: Sequence[ParsedEntry], now: str, full_text: bool
     ) -> StoreCounts:
+        entries = retention.unpruned(db, feed_url, entries)
         existing = self._existing(db, feed_url, [e.guid for e in entries])
         fresh = [e for e in entries if e.guid not in existing]
         candidates = self._candidates(db, {e.url for e in fresh if e.url})
@@ -305,20 +365,23 @@ class Store:
     ) -> tuple[int, Match | None]:
         when = stories.moment(entry.published, now)
         match = match_url(candidates.get(entry.url, [])) if entry.url else None
+        linked: list[Match] = []
         if match is None and near is not None and entry.fingerprint is not None:
-            match = match_near(entry.fingerprint, when, near.candidates(entry.fingerprint), self.dedup, None, feed_url)
+            found = stories_near(entry.fingerprint, when, near.candidates(entry.fingerprint), self.dedup, None, feed_url)
+            match, linked = (found[0], found[1:]) if found else (None, [])
         status, reason = _extraction_state(entry, match, full_text)
         fingerprint = entry.fingerprint
         cursor = db.execute(
             """
             INSERT INTO entries (feed_url, guid, url, link, title, author, published, updated, summary,
-                content, language, first_seen, content_hash, duplicate_of, duplicate_rule, similarity,
-                extraction_status, extraction_error, fingerprint, fingerprint_words)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                content, summary_text, content_text, language, first_seen, content_hash, duplicate_of,
+                duplicate_rule, similarity, extraction_status, extraction_error, fingerprint, fingerprint_words)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             [
                 feed_url, entry.guid, entry.url, entry.link, entry.title, entry.author, entry.published,
-                entry.updated, entry.summary, entry.content, entry.language, now, entry.content_hash,
+                entry.updated, entry.summary, entry.content, entry.summary_text, entry.content_text,
+                entry.language, now, entry.content_hash,
                 match.original_id if match else None, match.rule if match else None,
                 match.similarity if match else None, status, reason,
                 fingerprint.signature if fingerprint else None, fingerprint.words if fingerprint else None,
@@ -328,6 +391,8 @@ class Store:
         if fingerprint is not None and near is not None:
             duplicate_of = match.original_id if match else None
             near.add(stories.NearCandidate(entry_id, duplicate_of, fingerprint, when, feed_url))
+            for story in linked:
+                near.link(db, story.original_id, Match(duplicate_of or entry_id, RULE_LINKED, story.similarity))
         if entry.url:
             candidates[entry.url].append(Candidate(id=entry_id, duplicate_of=match.original_id if match else None))
         return entry_id, match
@@ -342,11 +407,13 @@ class Store:
         db.execute(
             """
             UPDATE entries SET url = ?, link = ?, title = ?, author = ?, published = ?, updated = ?,
-                summary = ?, content = ?, language = coalesce(?, language), changed_at = ?, content_hash = ?
+                summary = ?, content = ?, summary_text = ?, content_text = ?, language = coalesce(?, language),
+                changed_at = ?, content_hash = ?
             WHERE id = ?
             """,
             [entry.url, entry.link, entry.title, entry.author, entry.published, entry.updated,
-             entry.summary, entry.content, entry.language, now, entry.content_hash, entry_id],
+             entry.summary, entry.content, entry.summary_text, entry.content_text, entry.language, now,
+             entry.content_hash, entry_id],
         )
         stories.save_fingerprint(db, entry_id, entry.fingerprint, banded=self.near_duplicates(feed_url))
         match = self._reevaluate(db, entry_id, entry.url, feed_url)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from sqlite_utils import Database
@@ -171,6 +171,9 @@ class BatchIndex:
                 f"SELECT key, entry_id FROM entry_bands WHERE key IN ({','.join('?' * len(chunk))})", chunk
             ):
                 self._by_key.setdefault(key, []).append(entry_id)
+        for key, found in self._by_key.items():  # a band common to many entries: the newest are compared
+            if len(found) > MAX_CANDIDATES:
+                self._by_key[key] = sorted(found)[-MAX_CANDIDATES:]
         ids = sorted({entry_id for ids in self._by_key.values() for entry_id in ids})
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -198,6 +201,18 @@ class BatchIndex:
         for key in self.keys(candidate.fingerprint):
             self._by_key.setdefault(key, []).append(candidate.id)
             self._pending.append((key, candidate.id))
+
+    def link(self, db: Database, story_id: int, into: Match) -> None:
+        """A story found to be the same as a story begun earlier joins it, members and all
+        (an entry just stored was nearly the same as a member of each)."""
+        db.execute(
+            "UPDATE entries SET duplicate_of = ?, duplicate_rule = ?, similarity = ? WHERE id = ?",
+            [into.original_id, into.rule, into.similarity, story_id],
+        )
+        db.execute("UPDATE entries SET duplicate_of = ? WHERE duplicate_of = ?", [into.original_id, story_id])
+        for entry_id, candidate in self._details.items():
+            if candidate.story_id == story_id:
+                self._details[entry_id] = replace(candidate, duplicate_of=into.original_id)
 
     def flush(self, db: Database) -> None:
         if self._pending:
