@@ -136,11 +136,12 @@ class Fetcher:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
+        progress = _Progress()
         try:
             async with asyncio.timeout(self.settings.timeout):
-                return await self._follow(url, headers, max_bytes)
+                return await self._follow(url, headers, max_bytes, progress)
         except TimeoutError as e:
-            raise FetchError(url, f"timed out after {self.settings.timeout:g}s") from e
+            raise FetchError(url, progress.timed_out(self.settings.timeout)) from e
         except (httpx.HTTPError, httpx.InvalidURL, aiohttp.ClientError, OSError) as e:
             raise self._failure(url, e) from e
 
@@ -156,12 +157,15 @@ class Fetcher:
         cause = next((e for e in chain if isinstance(e, aiohttp.ClientError)), chain[-1])
         return FetchError(url, _describe(cause))
 
-    async def _follow(self, url: str, headers: dict[str, str], max_bytes: int) -> FetchResult:
+    async def _follow(self, url: str, headers: dict[str, str], max_bytes: int, progress: _Progress) -> FetchResult:
         current, permanent = url, None
         all_permanent = True
+        visited: list[str] = []
         for _ in range(MAX_REDIRECTS + 1):
+            visited.append(current)
             request = self._client.build_request("GET", current, headers=headers)
             response = await self._client.send(request, stream=True)
+            progress.answered = True
             try:
                 location = response.headers.get("location")
                 if response.status_code in _REDIRECT and location:
@@ -170,20 +174,20 @@ class Fetcher:
                     permanent = target if all_permanent else permanent
                     current = target
                     continue
-                return await self._complete(url, response, max_bytes, permanent)
+                return await self._complete(url, response, max_bytes, permanent, progress)
             finally:
                 await response.aclose()
-        raise FetchError(url, f"too many redirects (more than {MAX_REDIRECTS})")
+        raise FetchError(url, _too_many_redirects(visited))
 
     async def _complete(
-        self, url: str, response: httpx.Response, max_bytes: int, permanent: str | None
+        self, url: str, response: httpx.Response, max_bytes: int, permanent: str | None, progress: _Progress
     ) -> FetchResult:
         status = response.status_code
         if status >= 400:
             raise FetchError(
                 url, _status_message(response), status=status, retry_after=response.headers.get("retry-after")
             )
-        body = b"" if status == 304 else await _read_capped(url, response, max_bytes)
+        body = b"" if status == 304 else await _read_capped(url, response, max_bytes, progress)
         return FetchResult(
             url=url,
             final_url=str(response.url),
@@ -194,7 +198,29 @@ class Fetcher:
         )
 
 
-async def _read_capped(url: str, response: httpx.Response, max_bytes: int) -> bytes:
+@dataclass
+class _Progress:
+    """How far a request got, so that a timeout says what was slow."""
+
+    answered: bool = False
+    received: int = 0
+
+    def timed_out(self, seconds: float) -> str:
+        if not self.answered:
+            return f"timed out after {seconds:g}s: the server did not answer in time"
+        return (
+            f"timed out after {seconds:g}s: the response was still arriving "
+            f"({self.received:,} bytes so far; the server sends too slowly)"
+        )
+
+
+def _too_many_redirects(visited: list[str]) -> str:
+    looping = [url for url in dict.fromkeys(visited) if visited.count(url) > 1]
+    loop = f": a redirect loop through {', '.join(looping)}" if looping else ""
+    return f"too many redirects (more than {MAX_REDIRECTS}){loop}"
+
+
+async def _read_capped(url: str, response: httpx.Response, max_bytes: int, progress: _Progress) -> bytes:
     """The decoded body, refused as soon as it grows past ``max_bytes`` (compression bombs included)."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
@@ -203,6 +229,7 @@ async def _read_capped(url: str, response: httpx.Response, max_bytes: int) -> by
     try:
         decoder = Decoder(response.headers.get("content-encoding"))
         async for raw in response.aiter_raw():
+            progress.received += len(raw)
             body.extend(decoder.feed(raw))
         body.extend(decoder.finish())
     except DecodingFailed as e:

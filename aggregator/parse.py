@@ -3,6 +3,9 @@
 feedparser's own sanitiser is switched off: it is slow and incomplete. Every
 piece of markup is sanitised once here with nh3, and relative URLs are resolved
 against the entry's base (``xml:base``) or the feed's own address.
+
+Before feedparser sees a document, :mod:`.documents` makes it safe and readable
+(entities, control characters, charset) or recognises it as an HTML page.
 """
 
 from __future__ import annotations
@@ -11,16 +14,17 @@ import hashlib
 import html
 import json
 import re
-import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import feedparser
 
-from .dedup import fingerprint_of
+from .dedup import body_text, boilerplate, fingerprint_of
+from .documents import HtmlPage, feed_links, looks_like_html, prepared
 from .exceptions import ParseError
-from .sanitize import plain_text, sanitize_html
+from .sanitize import html_blocks, plain_text, sanitize_html
 from .schedule import feed_ttl, publish_interval
 from .types import ParsedEntry, ParsedFeed
 from .urls import absolute_url, canonical_url
@@ -28,31 +32,67 @@ from .urls import absolute_url, canonical_url
 _SPACE = re.compile(r"\s+")
 _XML_POSITION = re.compile(r"^<unknown>:(\d+):(\d+):")
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
+TITLE_MAX = 1000
+EARLIEST_DATE = "1970-01-01T00:00:01Z"
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
 
 
 def parse_feed(body: bytes, url: str, headers: Mapping[str, str] | None = None) -> ParsedFeed:
     """Parse a feed document fetched from ``url`` (the final address after redirects)."""
-    response_headers = {k.lower(): v for k, v in (headers or {}).items()}
-    response_headers["content-location"] = url
-    response_headers.pop("content-encoding", None)
+    document = read_document(body, url, headers)
+    if isinstance(document, HtmlPage):
+        raise ParseError(url, document.problem())
+    return document
+
+
+def read_document(body: bytes, url: str, headers: Mapping[str, str] | None = None) -> ParsedFeed | HtmlPage:
+    """The feed in ``body``, or, when it is an HTML page, the feeds that page links to."""
+    if looks_like_html(body):
+        return HtmlPage(url, feed_links(body, url))
+    document = prepared(body, _response_headers(headers, url))
     data = feedparser.parse(
-        body,
-        response_headers=response_headers,
+        document.body,
+        response_headers=document.headers,
         sanitize_html=False,
         resolve_relative_uris=False,
     )
+    return _converted(data, url, document.repairs)
+
+
+def not_later_than(feed: ParsedFeed, moment: str) -> ParsedFeed:
+    """The feed with dates after ``moment`` (when it was read) brought back to it: nothing is published in the
+    future, and such a date would keep an entry at the top of the merged feeds for good."""
+    if all(max(e.published or "", e.updated or "") <= moment for e in feed.entries):
+        return feed
+    return replace(feed, entries=tuple(_not_after(entry, moment) for entry in feed.entries))
+
+
+def _not_after(entry: ParsedEntry, moment: str) -> ParsedEntry:
+    published = min(entry.published, moment) if entry.published else None
+    updated = min(entry.updated, moment) if entry.updated else None
+    return replace(entry, published=published, updated=updated)
+
+
+def _response_headers(headers: Mapping[str, str] | None, url: str) -> dict[str, str]:
+    """Lower-case names; the body is already decoded; relative links resolve against ``url``."""
+    lowered = {k.lower(): v for k, v in (headers or {}).items() if k.lower() != "content-encoding"}
+    return {**lowered, "content-location": url}
+
+
+def _converted(data: Any, url: str, repairs: tuple[str, ...]) -> ParsedFeed:
     entries = _entries(data.entries, url)
-    warning = _problem(data)
+    problem = _problem(data)
     if not entries and not data.get("version"):
-        detail = f" ({warning})" if warning else ""
+        detail = f" ({problem})" if problem else ""
         raise ParseError(url, f"not a feed: no RSS or Atom document found{detail}")
     feed = data.feed
+    warnings = (*repairs, f"malformed feed: {problem}" if problem else None)
     return ParsedFeed(
-        title=_text(feed.get("title"), feed.get("title_detail")),
+        title=_title(feed.get("title"), feed.get("title_detail")),
         site_url=absolute_url(feed.get("link"), url),
         language=_language(feed.get("language")),
         entries=entries,
-        warning=f"malformed feed: {warning}" if warning else None,
+        warning="; ".join(w for w in warnings if w) or None,
         ttl=feed_ttl(feed.get("ttl"), feed.get("sy_updateperiod"), feed.get("sy_updatefrequency")),
         publish_interval=publish_interval(e.published for e in entries),
     )
@@ -69,30 +109,41 @@ def _problem(data: Any) -> str | None:
 
 
 def _entries(raw_entries: list[Any], feed_url: str) -> tuple[ParsedEntry, ...]:
+    """The entries, each once; feedparser's dicts are let go as they are converted, so that a feed of
+    10,000 items is not held twice."""
     seen: set[str] = set()
     entries = []
-    for raw in raw_entries:
+    raw_entries.reverse()
+    while raw_entries:
+        raw = raw_entries.pop()
         if not raw:
             continue
         entry = _entry(dict(raw), feed_url)
         if entry.guid not in seen:
             seen.add(entry.guid)
             entries.append(entry)
-    return tuple(entries)
+    return keyed_entries(entries)
+
+
+def keyed_entries(entries: Sequence[ParsedEntry]) -> tuple[ParsedEntry, ...]:
+    """A feed document's entries, each keyed; fingerprints leave out the paragraphs the feed repeats."""
+    blocks = [(html_blocks(e.summary), html_blocks(e.content)) for e in entries]
+    repeated = boilerplate([content or summary for summary, content in blocks])
+    return tuple(keyed(e, repeated, b) for e, b in zip(entries, blocks, strict=True))
 
 
 def _entry(raw: dict[str, Any], feed_url: str) -> ParsedEntry:
     """One entry from feedparser's (copied, plain) dict: no key aliasing, no deprecated fallbacks."""
     base = _base(raw, feed_url)
     link = absolute_url(raw.get("link"), base)
-    title = _text(raw.get("title"), raw.get("title_detail"))
+    title = _title(raw.get("title"), raw.get("title_detail"))
     summary = _html(raw.get("summary"), raw.get("summary_detail"), base)
     content = _content(raw.get("content"), base)
     if summary and summary == content:
         summary = None
     updated = _date(raw.get("updated_parsed"))
     published = _date(raw.get("published_parsed")) or updated
-    return keyed(ParsedEntry(
+    return ParsedEntry(
         guid=_guid(raw, link, title, published, summary or content),
         link=link,
         title=title,
@@ -102,18 +153,25 @@ def _entry(raw: dict[str, Any], feed_url: str) -> ParsedEntry:
         summary=summary,
         content=content,
         language=_entry_language(raw),
-    ))
+    )
 
 
-def keyed(entry: ParsedEntry) -> ParsedEntry:
-    """The entry with what the store recognises it by: canonical URL, content hash, text fingerprint."""
+def keyed(
+    entry: ParsedEntry, repeated: frozenset[str] = frozenset(), blocks: tuple[list[str], list[str]] | None = None
+) -> ParsedEntry:
+    """The entry with what the store recognises it by: canonical URL, content hash, text fingerprint
+    (of its text without ``repeated``, the paragraphs its feed carries in many entries), and the
+    words of its summary and content (``blocks``, when already split into paragraphs)."""
     parts = (entry.title, entry.link, entry.author, entry.published, entry.updated, entry.summary, entry.content)
     digest = hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
+    summary, content = blocks or (html_blocks(entry.summary), html_blocks(entry.content))
     return replace(
         entry,
         url=canonical_url(entry.link) if entry.link else None,
         content_hash=digest,
-        fingerprint=fingerprint_of(entry.title, plain_text(entry.content or entry.summary)),
+        fingerprint=fingerprint_of(entry.title, body_text(content or summary, repeated)),
+        summary_text=" ".join(summary) or None,
+        content_text=" ".join(content) or None,
     )
 
 
@@ -127,8 +185,8 @@ def _base(raw: Any, feed_url: str) -> str:
 
 def _guid(raw: Any, link: str | None, title: str | None, published: str | None, body: str | None) -> str:
     """The feed's id, else the link, else a hash of title and date (of everything, for an entry without a title)."""
-    guid = raw.get("id")
-    if isinstance(guid, str) and guid.strip():
+    guid = _printable(raw.get("id"))
+    if guid and guid.strip():
         return guid.strip()
     if link:
         return link
@@ -139,16 +197,32 @@ def _guid(raw: Any, link: str | None, title: str | None, published: str | None, 
     return "hash:" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:32]
 
 
+def _title(value: Any, detail: Any) -> str | None:
+    """Plain text of a title, cut at a word after ``TITLE_MAX`` characters (some feeds put whole articles there)."""
+    text = _text(value, detail)
+    if not text or len(text) <= TITLE_MAX:
+        return text
+    cut = text[:TITLE_MAX]
+    return (cut.rsplit(" ", 1)[0] if " " in cut[TITLE_MAX // 2 :] else cut).rstrip() + "…"
+
+
 def _text(value: Any, detail: Any) -> str | None:
-    if not isinstance(value, str):
+    value = _printable(value)
+    if value is None:
         return None
     if detail and detail.get("type") in _HTML_TYPES:
         return plain_text(value)
     return _clean_space(value)
 
 
+def _printable(value: Any) -> str | None:
+    """The string without control characters (XML forbids them, and they only garble text); None for non-strings."""
+    return _CONTROL.sub("", value) if isinstance(value, str) else None
+
+
 def _html(value: Any, detail: Any, base: str) -> str | None:
-    if not isinstance(value, str) or not value.strip():
+    value = _printable(value)
+    if not value or not value.strip():
         return None
     if detail and detail.get("type") not in (*_HTML_TYPES, None):
         value = html.escape(value)
@@ -165,16 +239,21 @@ def _content(items: Any, base: str) -> str | None:
 
 
 def _date(parsed: Any) -> str | None:
+    """ISO 8601 of feedparser's UTC time tuple; None when missing, impossible (February 31st, a year past 9999)
+    or before 1970 (a placeholder). A leap second (60, or 61 in a struct_time) becomes 59."""
     if not parsed:
         return None
     try:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", parsed)
-    except (TypeError, ValueError):
+        moment = datetime(*parsed[:5], min(parsed[5], 59))
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
+    text = moment.isoformat() + "Z"
+    return text if text >= EARLIEST_DATE else None
 
 
 def _clean_space(value: Any) -> str | None:
-    if not isinstance(value, str):
+    value = _printable(value)
+    if value is None:
         return None
     return _SPACE.sub(" ", value).strip() or None
 
@@ -197,3 +276,4 @@ def _entry_language(raw: Any) -> str | None:
         if detail and detail.get("language"):
             return _language(detail["language"])
     return None
+

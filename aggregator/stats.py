@@ -20,6 +20,16 @@ class FeedStats:
     error_count: int
     next_poll_at: str | None
     moved_to: str | None
+    gone_at: str | None
+
+    @property
+    def state(self) -> str:
+        """The feed's state in a word: ``never polled``, ``gone`` (410, no longer polled), ``failing`` or ``ok``."""
+        if not self.last_polled_at:
+            return "never polled"
+        if self.gone_at:
+            return "gone"
+        return "failing" if self.last_error else "ok"
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,7 @@ class Stats:
     stories: int
     duplicates: int
     failing_feeds: int
+    gone_feeds: int
     last_poll_at: str | None
     articles: dict[str, int]
     article_problems: tuple[tuple[str, str, int], ...]
@@ -53,6 +64,7 @@ def collect(store: Store) -> Stats:
             error_count=row.error_count,
             next_poll_at=row.next_poll_at,
             moved_to=row.moved_to,
+            gone_at=row.gone_at,
         )
         for row in store.feeds()
     )
@@ -63,7 +75,8 @@ def collect(store: Store) -> Stats:
         entries=entries,
         stories=entries - duplicates,
         duplicates=duplicates,
-        failing_feeds=sum(1 for d in details if d.last_error),
+        failing_feeds=sum(1 for d in details if d.state == "failing"),
+        gone_feeds=sum(1 for d in details if d.state == "gone"),
         last_poll_at=max((d.last_polled_at for d in details if d.last_polled_at), default=None),
         articles=store.articles.summary(),
         article_problems=tuple(tuple(row) for row in store.articles.reasons()),
@@ -72,8 +85,9 @@ def collect(store: Store) -> Stats:
 
 
 def render_text(stats: Stats) -> str:
+    gone = f", {stats.gone_feeds} gone" if stats.gone_feeds else ""
     lines = [
-        f"feeds: {stats.feeds} ({stats.failing_feeds} failing)",
+        f"feeds: {stats.feeds} ({stats.failing_feeds} failing{gone})",
         f"entries: {stats.entries} ({stats.stories} stories, {stats.duplicates} duplicates)",
         f"last poll: {stats.last_poll_at or 'never'}",
     ]
@@ -84,12 +98,19 @@ def render_text(stats: Stats) -> str:
             lines.append(f"  {count:>6} {state}: {reason}")
     lines.append("")
     for feed in stats.feed_details:
-        state = "never polled" if not feed.last_polled_at else ("ok" if not feed.last_error else "FAILING")
-        lines.append(f"{state:<12} {feed.entries:>6} entries  {feed.name}  <{feed.url}>")
-        if feed.last_error:
-            lines.append(f"{'':<12} last error ({feed.error_count}x, {feed.last_polled_at}): {feed.last_error}")
-        if feed.last_warning:
-            lines.append(f"{'':<12} warning: {feed.last_warning}")
-        if feed.moved_to:
-            lines.append(f"{'':<12} moved permanently to {feed.moved_to}: update feeds.toml")
+        lines += _feed_lines(feed)
     return "\n".join(lines).rstrip()
+
+
+def _feed_lines(feed: FeedStats) -> list[str]:
+    state = feed.state if feed.state in ("ok", "never polled") else feed.state.upper()
+    lines = [f"{state:<12} {feed.entries:>6} entries  {feed.name}  <{feed.url}>"]
+    if feed.gone_at:
+        lines.append(f"{'':<12} gone since {feed.gone_at}: {feed.last_error}")
+    elif feed.last_error:
+        lines.append(f"{'':<12} last error ({feed.error_count}x, {feed.last_polled_at}): {feed.last_error}")
+    if feed.last_warning:
+        lines.append(f"{'':<12} warning: {feed.last_warning}")
+    if feed.moved_to:
+        lines.append(f"{'':<12} now read from {feed.moved_to}: put that address in feeds.toml")
+    return lines

@@ -24,23 +24,28 @@ def is_tracking_param(name: str) -> bool:
 
 
 def absolute_url(link: str | None, base: str) -> str | None:
-    """``link`` resolved against ``base``; None for empty or non-http(s) links."""
+    """``link`` resolved against ``base``; None for empty, malformed or non-http(s) links."""
     if not link or not link.strip():
         return None
-    resolved = urljoin(base, link.strip())
-    if urlsplit(resolved).scheme.lower() not in ("http", "https"):
+    try:
+        resolved = urljoin(base, link.strip())
+        scheme = urlsplit(resolved).scheme
+    except ValueError:  # e.g. "http://[x]/": brackets around something that is not an IPv6 address
         return None
-    return resolved
+    return resolved if scheme.lower() in ("http", "https") else None
 
 
-def canonical_url(url: str) -> str:
-    """The canonical spelling of an http(s) URL.
+def canonical_url(url: str) -> str | None:
+    """The canonical spelling of an http(s) URL; None for one that cannot be parsed (``http://[x]/``).
 
     Lower-case scheme and host, no default port, no fragment, no trailing slash,
     no tracking parameters, remaining query parameters kept in their order,
     percent-encoding normalised.
     """
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return None
     scheme = parts.scheme.lower()
     netloc = _netloc(parts.hostname or "", parts.port if _has_valid_port(parts) else None, scheme)
     path = _path(parts.path)

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from aggregator.exceptions import ParseError
-from aggregator.parse import parse_feed
+from aggregator.parse import _date, keyed, parse_feed
+from aggregator.types import ParsedEntry
 
 DATA = Path(__file__).parent / "data"
 BASE = "http://127.0.0.1:8000"
@@ -112,3 +114,40 @@ def test_parse_error_survives_pickling():
 
     error = pickle.loads(pickle.dumps(ParseError("http://h.test/", "not a feed")))
     assert (error.url, str(error)) == ("http://h.test/", "not a feed")
+
+
+@pytest.mark.parametrize(
+    ("fields", "iso"),
+    [
+        ((2024, 2, 31, 0, 0, 0, 0, 1, 0), None),  # no such day
+        ((2024, 1, 1, 24, 0, 0, 0, 1, 0), None),
+        ((2024, 12, 31, 23, 59, 60, 0, 1, 0), "2024-12-31T23:59:59Z"),  # a leap second
+        ((2024, 1, 1, 0, 0, 61, 0, 1, 0), "2024-01-01T00:00:59Z"),
+        ((2000000000, 1, 1, 0, 0, 0, 0, 1, 0), None),  # past year 9999
+        ((-(2**31), 1, 1, 0, 0, 0, 0, 1, 0), None),
+        ((2024, 1, 1, 0, 0, 0, 0, 1, 2**40), "2024-01-01T00:00:00Z"),  # an absurd DST flag is ignored
+        ((2026, 11, 10, 8, 0, 0, 1, 314, 0), "2026-11-10T08:00:00Z"),
+        ((1969, 12, 31, 23, 59, 59, 2, 365, 0), None),  # before 1970: a placeholder
+    ],
+)
+def test_impossible_dates_become_none(fields, iso):
+    assert _date(time.struct_time(fields)) == iso
+
+
+def test_a_malformed_entry_link_leaves_the_entry_without_url_and_the_feed_intact():
+    body = b"""<rss version="2.0"><channel><title>t</title>
+    <item><guid>1</guid><title>bad</title><link>http://[x]/</link></item>
+    <item><guid>2</guid><title>good</title><link>/good</link></item>
+    </channel></rss>"""
+    bad, good = parse_feed(body, "http://h.test/feed", {}).entries
+    assert (bad.title, bad.link, bad.url) == ("bad", None, None)
+    assert (good.link, good.url) == ("http://h.test/good", "http://h.test/good")
+    assert keyed(ParsedEntry("g", "http://[x]/", "t", None, None, None, None, None)).url is None
+
+
+def test_an_html_page_with_a_malformed_feed_link_names_the_good_one():
+    page = b"""<html><head><title>site</title>
+    <link rel="alternate" type="application/rss+xml" href="http://[x]/feed">
+    <link rel="alternate" type="application/atom+xml" href="/atom.xml"></head></html>"""
+    with pytest.raises(ParseError, match="links to the feed http://h.test/atom.xml"):
+        parse_feed(page, "http://h.test/", {"content-type": "text/html"})

@@ -36,3 +36,10 @@ def test_absolute_url():
     assert absolute_url("javascript:alert(1)", "http://h/") is None
     assert absolute_url("  ", "http://h/") is None
     assert absolute_url(None, "http://h/") is None
+
+
+@pytest.mark.parametrize("url", ["http://[x]/", "http://]", "http://[::1", "http://a\uff03b/"])
+def test_malformed_urls_give_none_instead_of_raising(url):
+    assert canonical_url(url) is None
+    assert absolute_url(url, "http://h/") is None
+    assert absolute_url("page", url) is None
