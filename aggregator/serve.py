@@ -179,15 +179,18 @@ class FeedStatus:
     last_error: str | None
     error_count: int
     moved_to: str | None
+    gone_at: str | None
     entries: int
 
     @property
     def state(self) -> str:
+        if self.gone_at:
+            return "gone"
         return "failing" if self.last_error else "ok" if self.last_polled_at else "never polled"
 
 
 _FEED_SQL = """SELECT url, coalesce(name, title), site_url, last_polled_at, last_success_at, next_poll_at,
-    last_error, error_count, moved_to FROM feeds"""
+    last_error, error_count, moved_to, gone_at FROM feeds"""
 _COUNT_SQL = "SELECT feed_url, count(*) FROM entries GROUP BY feed_url"
 
 
@@ -206,7 +209,7 @@ def feed_statuses(config: Config, *, with_counts: bool) -> list[FeedStatus]:
         counts = dict(conn.execute(_COUNT_SQL)) if with_counts else {}
     statuses = []
     for feed in config.feeds:
-        row = rows.get(feed.url) or (feed.url, None, None, None, None, None, None, 0, None)
+        row = rows.get(feed.url) or (feed.url, None, None, None, None, None, None, 0, None, None)
         name = feed.name or row[1] or feed.url
         statuses.append(FeedStatus(feed.url, name, *row[2:], entries=counts.get(feed.url, 0)))
     return statuses
@@ -224,6 +227,7 @@ def health_document(health: Health, feeds: list[FeedStatus] | None, db_error: st
         "feeds": {
             "total": None if feeds is None else len(feeds),
             "failing": None if feeds is None else len(failing),
+            "gone": None if feeds is None else sum(1 for feed in feeds if feed.gone_at),
             "failures": [_failure(feed) for feed in _worst(failing)],
         },
     }
@@ -234,7 +238,7 @@ def _worst(failing: list[FeedStatus]) -> list[FeedStatus]:
 
 
 def _failure(feed: FeedStatus) -> dict[str, object]:
-    keys = ("name", "url", "last_error", "error_count", "last_polled_at", "last_success_at")
+    keys = ("name", "url", "state", "last_error", "error_count", "last_polled_at", "last_success_at")
     return {key: getattr(feed, key) for key in keys}
 
 
@@ -269,7 +273,7 @@ def _feed_row(feed: FeedStatus) -> str:
         name = f'<a href="{_e(feed.site_url)}" rel="noopener noreferrer nofollow">{name}</a>'
     error = _e(feed.last_error) if feed.last_error else ""
     if feed.moved_to:
-        error += f" Moved permanently to {_e(feed.moved_to)}: update feeds.toml."
+        error += f" Now read from {_e(feed.moved_to)}: put that address in feeds.toml."
     cells = (
         f'{name}<br><small>{_e(feed.url)}</small>',
         f'<span class="{feed.state.replace(" ", "-")}">{_e(feed.state)}</span>',

@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import os
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from email.utils import formatdate
@@ -18,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator import serve as serve_module
+from appserver import AppServer
 from aggregator.generate import output_paths, write_outputs
 from aggregator.metrics import Metrics
 from aggregator.serve import Health, ServerStartError, build_app, make_server
@@ -81,25 +81,6 @@ def fill_store(config: Config) -> None:
         write_outputs(config, store)
 
 
-class RunningServer:
-    def __init__(self, config: Config, health: FakeHealth, metrics: Metrics) -> None:
-        self.server = make_server(build_app(config, health, metrics), "127.0.0.1", 0)
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
-
-    def __enter__(self) -> httpx.Client:
-        self.thread.start()
-        for _ in range(1000):
-            if self.server.started or not self.thread.is_alive():
-                break
-            threading.Event().wait(0.01)
-        assert self.server.started, "the server did not start"
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.server.port}", trust_env=False, timeout=10)
-        return self.client
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -114,10 +95,10 @@ def metrics() -> Metrics:
 
 @pytest.fixture
 def start(health: FakeHealth, metrics: Metrics) -> Iterator[Callable[[Config], httpx.Client]]:
-    running: list[RunningServer] = []
+    running: list[AppServer] = []
 
     def launch(config: Config) -> httpx.Client:
-        server = RunningServer(config, health, metrics)
+        server = AppServer(build_app(config, health, metrics))
         running.append(server)
         return server.__enter__()
 
@@ -296,6 +277,19 @@ def test_healthz_ok_when_nothing_fails(tmp_path: Path, start: Callable[[Config],
         store.db.execute("UPDATE feeds SET last_error = NULL")
     document = start(config).get("/healthz").json()
     assert document["status"] == "ok" and document["feeds"]["failing"] == 0
+
+
+def test_healthz_and_index_say_a_gone_feed_is_gone(tmp_path: Path, start: Callable[[Config], httpx.Client]):
+    config = make_config(tmp_path)
+    fill_store(config)
+    with Store.open(config.database) as store:
+        store.record_gone(FAILING_FEED, error="gone (HTTP 410): the feed was removed", now=NOW)
+    client = start(config)
+    document = client.get("/healthz").json()
+    assert document["feeds"]["gone"] == 1
+    [failure] = document["feeds"]["failures"]
+    assert (failure["url"], failure["state"]) == (FAILING_FEED, "gone")
+    assert '<span class="gone">gone</span>' in client.get("/").text
 
 
 def test_healthz_503_when_the_scheduler_is_stopped(health: FakeHealth, client: httpx.Client):
