@@ -13,12 +13,10 @@ scheme is judged, so an encoding trick cannot pass as harmless text.
 
 from __future__ import annotations
 
-import asyncio
 import html
 import json
 import re
 import sqlite3
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -33,7 +31,8 @@ import lxml.html
 import pytest
 
 from aggregator.config import load_config
-from aggregator.serve import _STYLE, Health, build_app, make_server
+from appserver import AppServer
+from aggregator.serve import _STYLE, Health, build_app
 
 CORPUS_FILE = Path(__file__).parent / "data" / "xss" / "vectors.json"
 CORPUS: dict[str, Any] = json.loads(CORPUS_FILE.read_text(encoding="utf-8"))
@@ -461,32 +460,9 @@ def test_feed_and_output_titles_are_text(polled: Polled) -> None:
     assert [problem for markup in also for problem in html_problems(markup)] == []
 
 
-class RunningServer:
-    """``aggregator.serve`` under uvicorn on 127.0.0.1, in a thread."""
-
-    def __init__(self, config: Path) -> None:
-        self.server = make_server(build_app(load_config(config), _Health()), "127.0.0.1", 0)
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
-
-    def __enter__(self) -> httpx.Client:
-        self.thread.start()
-        for _ in range(1000):
-            if self.server.started or not self.thread.is_alive():
-                break
-            threading.Event().wait(0.01)
-        assert self.server.started, "the server did not start"
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.server.port}", trust_env=False, timeout=10)
-        return self.client
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def served(polled: Polled) -> Iterator[httpx.Client]:
-    with RunningServer(polled.config) as client:
+    with AppServer(build_app(load_config(polled.config), _Health())) as client:
         yield client
 
 
