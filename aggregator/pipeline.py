@@ -287,10 +287,10 @@ async def _store_result(
 
 
 async def _store(context: PollContext, write: FeedWrite) -> StoreCounts:
-    """A feed's entries, in chunks of ``STORE_CHUNK`` when there are more: each is written in one step
-    that holds the event loop, so a feed of 10,000 items must not hold it for seconds. The oldest chunk
-    goes first; the feed's validators and body hash only with the last, so that a pass that stops
-    halfway fetches the feed again and stores the rest."""
+    """A feed's entries, in chunks of ``STORE_CHUNK`` when there are more: each chunk is one write of the
+    store writer, so a feed of 10,000 items does not hold it (the feeds waiting behind it, a shutdown)
+    for seconds. The oldest chunk goes first; the feed's validators and body hash only with the last,
+    so that a pass that stops halfway fetches the feed again and stores the rest."""
     entries = write.parsed.entries
     chunks = [entries[start : start + STORE_CHUNK] for start in range(0, len(entries), STORE_CHUNK)][::-1]
     if len(chunks) < 2:

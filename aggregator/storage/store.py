@@ -1,4 +1,8 @@
-"""Reads and writes of the SQLite store. Each feed's writes are atomic; no network I/O inside a transaction."""
+"""Reads and writes of the SQLite store. No network I/O inside a transaction.
+
+A feed's writes are atomic: its entries and its new state commit together (the poll pipeline
+writes a feed of more than ``pipeline.STORE_CHUNK`` entries in chunks, its state with the last).
+"""
 
 from __future__ import annotations
 

@@ -192,7 +192,7 @@ class BatchIndex:
         return self._keys[fingerprint.signature]
 
     def candidates(self, fingerprint: Fingerprint) -> list[NearCandidate]:
-        ids = {entry_id for key in self.keys(fingerprint) for entry_id in self._by_key.get(key, ())}
+        ids = {entry_id for key in self.keys(fingerprint) for entry_id in self._by_key.get(key, ())[-MAX_CANDIDATES:]}
         newest = sorted(ids, reverse=True)[:MAX_CANDIDATES]
         return [self._details[i] for i in newest if i in self._details]
 
