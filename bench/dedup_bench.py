@@ -53,13 +53,13 @@ from pathlib import Path
 import numpy as np
 
 from aggregator.dedup import DedupSettings, boilerplate
-from aggregator.parse import keyed, keyed_entries
+from aggregator.parse import keyed_entries
 from aggregator.similarity import shingles, words
 from aggregator.storage import Store
 from aggregator.storage.store import FeedWrite
-from aggregator.writer import StoreWriter
 from aggregator.types import FeedConfig, FetchResult, ParsedEntry, ParsedFeed
 from aggregator.workers import WorkerPool
+from aggregator.writer import StoreWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proctree import TreeMemorySampler  # noqa: E402
@@ -338,8 +338,8 @@ class Replay:
 def fixture_texts() -> list[tuple[list[str], str]]:
     """The labelled fixtures' long texts (title-only items have their own rule) with their story labels."""
     from aggregator.dedup import BODY_MIN_WORDS, body_text
-    from aggregator.sanitize import html_blocks
     from aggregator.parse import parse_feed
+    from aggregator.sanitize import html_blocks
 
     root = Path(__file__).resolve().parent.parent / "tests" / "data" / "stories"
     if not (root / "labels.json").exists():
