@@ -587,3 +587,27 @@ def test_an_entry_like_two_stories_makes_them_one(store: Store) -> None:
     assert rows["b"][1:] == (first, "linked")
     assert rows["full"][1:] == (first, "near-duplicate")
     assert store.scalar("SELECT count(*) FROM stories") == 1
+
+
+def test_band_rows_are_kept_for_two_windows_of_first_seen(store: Store) -> None:
+    """The band index holds the entries first seen within two dedup windows (3 days each) of the
+    newest write: older ones are never within the window of a new entry, and a small index stays fast."""
+    rng = random.Random(12)
+    vocabulary = _vocabulary()
+
+    def store_at(name: str, day: int) -> int:
+        url = f"http://{name}.test/feed"
+        store.sync_feeds([FeedConfig(url)], POLLED)
+        now = f"2026-11-{day:02d}T08:00:00Z"
+        entry = keyed(ParsedEntry(guid=name, link=f"https://{name}.example/1", title=name, author=None,
+                                  published=now, updated=None, content=None,
+                                  summary="<p>" + " ".join(rng.choice(vocabulary) for _ in range(120)) + "</p>"))
+        store.store_feed(url, ParsedFeed(name, None, None, (entry,)), FetchResult(url, url, 200, {}), now=now, next_poll_at=DUE)
+        return store.scalar("SELECT id FROM entries WHERE guid = ?", [name])
+
+    old, recent = store_at("old", 1), store_at("recent", 5)
+    banded = {row[0] for row in store.db.execute("SELECT DISTINCT entry_id FROM entry_bands")}
+    assert {old, recent} <= banded  # four days apart: both within two windows of the newest write
+    newest = store_at("newest", 9)
+    banded = {row[0] for row in store.db.execute("SELECT DISTINCT entry_id FROM entry_bands")}
+    assert {recent, newest} <= banded and old not in banded

@@ -107,6 +107,7 @@ class Store:
         self.dedup = DedupSettings()
         self.dedup_opted_out: frozenset[str] = frozenset()
         self.articles = ArticleLedger(db, self._write, self._article_text_changed)
+        self._bands = stories.BandHorizon()
 
     def configure_dedup(self, settings: DedupSettings, feeds: Sequence[FeedConfig]) -> None:
         self.dedup = settings
@@ -263,8 +264,11 @@ class Store:
         A feed whose writes fail is rolled back alone and gets its error; the others commit.
         One commit for several feeds shares its cost (the index pages, the full-text segment).
         """
-        with self._write():
-            return [self._store_one(write) for write in writes]
+        with self._write() as db:
+            outcomes = [self._store_one(write) for write in writes]
+            if self.dedup.enabled and writes:
+                self._bands.advance(db, max(stories.moment(None, w.now) for w in writes), self.dedup.window)
+            return outcomes
 
     def _store_one(self, write: FeedWrite) -> StoreCounts | StorageError:
         try:

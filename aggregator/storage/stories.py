@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -218,3 +219,39 @@ class BatchIndex:
         if self._pending:
             db.conn.executemany("INSERT OR IGNORE INTO entry_bands (key, entry_id) VALUES (?, ?)", self._pending)
             self._pending = []
+
+
+BAND_STEP = 6 * 3600.0  # how often the horizon of the band index moves on
+
+
+class BandHorizon:
+    """Band rows are kept for entries first seen within two dedup windows of the newest write.
+
+    An older entry is hardly ever within the window of a new one, and a band index the size of
+    the window stays in the page cache: inserting 16 rows at random keys per entry into one that
+    grew with the store slowed every write. Ids grow with ``first_seen``, so what goes is an id
+    range, read off marks taken every ``BAND_STEP`` of the writes' clock.
+    """
+
+    def __init__(self) -> None:
+        self.marks: deque[tuple[float, int]] = deque()
+        self.pruned_to: int | None = None
+
+    def advance(self, db: Database, now: float, window: float) -> None:
+        keep = 2 * window
+        newest = db.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]
+        if self.pruned_to is None:
+            self.pruned_to = 0
+            self.marks.append((now - keep, _first_seen_before(db, now - keep)))
+        if not self.marks or now - self.marks[-1][0] >= BAND_STEP:
+            self.marks.append((now, newest))
+        while self.marks and now - self.marks[0][0] >= keep:
+            _, upto = self.marks.popleft()
+            if upto > self.pruned_to:
+                db.execute("DELETE FROM entry_bands WHERE entry_id > ? AND entry_id <= ?", [self.pruned_to, upto])
+                self.pruned_to = upto
+
+
+def _first_seen_before(db: Database, moment: float) -> int:
+    cutoff = datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return db.execute("SELECT coalesce(max(id), 0) FROM entries WHERE first_seen < ?", [cutoff]).fetchone()[0]
