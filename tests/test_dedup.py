@@ -611,3 +611,22 @@ def test_band_rows_are_kept_for_two_windows_of_first_seen(store: Store) -> None:
     newest = store_at("newest", 9)
     banded = {row[0] for row in store.db.execute("SELECT DISTINCT entry_id FROM entry_bands")}
     assert {recent, newest} <= banded and old not in banded
+
+
+def test_a_near_duplicate_with_full_text_has_its_page_fetched_in_the_same_pass(store: Store) -> None:
+    """Its status is pending like any entry's: its job is handed out now, not left for a later pass.
+    (A copy with the same canonical link is skipped instead: same page.)"""
+    rng = random.Random(21)
+    words = " ".join(rng.choice(_vocabulary()) for _ in range(150))
+    jobs = {}
+    for name in ("first", "copy"):
+        url = f"http://{name}.test/feed"
+        store.sync_feeds([FeedConfig(url)], POLLED)
+        entry = keyed(ParsedEntry(guid=name, link=f"https://{name}.example/story", title="Bericht", author=None,
+                                  published="2026-11-25T07:00:00Z", updated=None, summary=f"<p>{words}</p>", content=None))
+        counts = store.store_feed(url, ParsedFeed(name, None, None, (entry,)), FetchResult(url, url, 200, {}),
+                                  now=POLLED, next_poll_at=DUE, full_text=True)
+        jobs[name] = [job.url for job in counts.jobs]
+    assert store.scalar("SELECT duplicate_rule FROM entries WHERE guid = 'copy'") == "near-duplicate"
+    assert store.scalar("SELECT extraction_status FROM entries WHERE guid = 'copy'") == "pending"
+    assert jobs == {"first": ["https://first.example/story"], "copy": ["https://copy.example/story"]}

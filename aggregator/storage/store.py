@@ -340,7 +340,7 @@ class Store:
                 updated += 1
             else:
                 continue
-            if full_text and entry.link and match is None:
+            if full_text and entry.link and (match is None or match.rule != RULE_URL):  # as _extraction_state
                 jobs.append(ArticleJob(entry_id=entry_id, feed_url=feed_url, url=entry.link))
         if near is not None:
             near.flush(db)
