@@ -101,8 +101,9 @@ def plain_text(markup: str | None) -> str | None:
     return text or None
 
 
-_INLINE = frozenset("a abbr b bdi bdo cite code data del dfn em i ins kbd mark q s samp small span strong sub sup time u var".split())
-_ANY_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)?[^>]*>")
+# Tags that do not separate words: ``Brü<b>cke</b>`` is one word (the search triggers use the same list).
+INLINE_TAGS = frozenset("a abbr b bdi bdo cite code data del dfn em i ins kbd mark q s samp small span strong sub sup time u var".split())
+_ANY_TAG = re.compile(r"</?([A-Za-z][A-Za-z0-9]*)?[^>]*>")
 _BLOCK = re.compile(
     r"<(?:/?(?:p|div|li|ul|ol|dl|dt|dd|h[1-6]|blockquote|pre|section|article|aside|header|footer|"
     r"figure|figcaption|table|tr|td|th|hr)\b[^>]*|br\s*/?)>",
@@ -118,14 +119,9 @@ def html_blocks(markup: str | None) -> list[str]:
     return [text for text in map(_words_of, _BLOCK.split(markup)) if text]
 
 
-def html_text(markup: str | None) -> str | None:
-    """The words of sanitised HTML as one line, as the search index holds them."""
-    return " ".join(html_blocks(markup)) or None
-
-
 def _words_of(piece: str) -> str:
     if "<" in piece:
-        piece = _ANY_TAG.sub(lambda m: "" if (m.group(2) or "").lower() in _INLINE else " ", piece)
+        piece = _ANY_TAG.sub(lambda m: "" if (m.group(1) or "").lower() in INLINE_TAGS else " ", piece)
     if "&" in piece:
         piece = html.unescape(piece)
     return _WHITESPACE.sub(" ", piece).strip()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from ..sanitize import INLINE_TAGS
+
 migrations = Migrations("aggregator")
 
 
@@ -99,7 +101,7 @@ def m004_feed_rhythm(db: Database) -> None:
 FTS_COLUMNS = ("title", "summary", "content", "article_text")
 FTS_TOKENIZER = "unicode61 remove_diacritics 2"
 FTS_RANK = "bm25(10.0, 4.0, 1.0, 1.0)"  # a word in the title counts most, then the summary
-_INLINE_TAGS = " a abbr b bdi bdo cite code data del dfn em i ins kbd mark q s samp small span strong sub sup time u var "
+_INLINE_TAGS = f" {' '.join(sorted(INLINE_TAGS))} "
 _ENTITIES = (("&nbsp;", " "), ("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&#39;", "''"), ("&amp;", "&"))
 
 
