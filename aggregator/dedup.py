@@ -152,7 +152,7 @@ def stories_near(
     from .similarity import from_bytes, jaccard
 
     mine = from_bytes(own.signature)
-    best: dict[int, tuple[float, bool]] = {}
+    best: dict[int, float] = {}
     for candidate in candidates:
         if candidate.id == own_id or abs(candidate.moment - moment) > settings.window:
             continue
@@ -161,6 +161,6 @@ def stories_near(
             continue
         score = jaccard(mine, from_bytes(candidate.fingerprint.signature))
         if score >= (settings.short_similarity if short else settings.similarity):
-            best[candidate.story_id] = max(best.get(candidate.story_id, (0.0, short)), (score, short))
+            best[candidate.story_id] = max(best.get(candidate.story_id, 0.0), score)
     rule = RULE_SHORT if own.words < settings.min_words else RULE_NEAR
-    return [Match(story, rule, round(score, 3)) for story, (score, _) in sorted(best.items())]
+    return [Match(story, rule, round(score, 3)) for story, score in sorted(best.items())]
