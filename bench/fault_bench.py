@@ -46,6 +46,7 @@ from poll_bench import (
     checked,
     count_entries,
     run_measured,
+    write_config,
 )
 
 RATIO_TARGET = 1.5
@@ -229,24 +230,6 @@ def _index(mode: str, per_mode: Counter[str]) -> int:
     return number + (1000 if mode == "html" else 0)
 
 
-def write_config(workdir: Path, urls: list[str], args: argparse.Namespace) -> Path:
-    lines = [
-        "[aggregator]",
-        f"database = {json.dumps(str(workdir / 'agg.db'))}",
-        f"output_dir = {json.dumps(str(workdir / 'public'))}",
-        "full_text = false",
-        "allow_private_addresses = true",
-        f"concurrency = {args.concurrency}",
-        f'timeout = "{args.feed_timeout:g}s"',
-        "",
-    ]
-    for url in urls:
-        lines += ["[[feeds]]", f"url = {json.dumps(url)}", ""]
-    path = workdir / "feeds.toml"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
-
 @dataclass
 class PassRun:
     label: str
@@ -267,7 +250,7 @@ class PassRun:
 def run_pass(label: str, plan: Plan, args: argparse.Namespace) -> PassRun:
     with tempfile.TemporaryDirectory(prefix="fault-bench-") as tmp:
         workdir = Path(tmp)
-        config = write_config(workdir, [url for _, url in plan.feeds], args)
+        config = write_config(workdir, [url for _, url in plan.feeds], args.concurrency, args.feed_timeout)
         command = [*aggregator_command(), "--config", str(config), "poll", "--json"]
         cpu_before = children_cpu()
         result = checked(run_measured(command, workdir, args.kill_after), f"aggregator poll ({label})")

@@ -151,7 +151,7 @@ def feed_urls(base_url: str, n_feeds: int) -> list[str]:
     return [f"{base_url}/feeds/{i}.xml" for i in range(n_feeds)]
 
 
-def write_config(workdir: Path, urls: Sequence[str], concurrency: int) -> Path:
+def write_config(workdir: Path, urls: Sequence[str], concurrency: int, timeout: float | None = None) -> Path:
     lines = [
         "[aggregator]",
         f"database = {json.dumps(str(workdir / 'agg.db'))}",
@@ -159,6 +159,7 @@ def write_config(workdir: Path, urls: Sequence[str], concurrency: int) -> Path:
         "full_text = false",
         "allow_private_addresses = true",
         f"concurrency = {concurrency}",
+        *([f'timeout = "{timeout:g}s"'] if timeout is not None else []),
         "",
     ]
     for url in urls:
