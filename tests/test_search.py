@@ -9,11 +9,13 @@ from datetime import UTC, datetime
 import pytest
 from sqlite_utils import Database
 
+from aggregator.exceptions import StorageError
 from aggregator.parse import keyed
 from aggregator.search import SearchError, fts_query, render_text, search, since_moment
 from aggregator.storage import Store
 from aggregator.storage.articles import ArticleOutcome
 from aggregator.storage.schema import migrations
+from aggregator.storage.store import FeedWrite
 from aggregator.types import FeedConfig, FetchResult, ParsedEntry, ParsedFeed
 
 NOW = "2026-11-20T10:00:00Z"
@@ -198,6 +200,63 @@ def test_html_changed_without_its_words_is_stripped_again(store):
     conn.close()
     assert titles(search(store, "Seilbahn")) == ["Neue Brücke über den Rhein eröffnet"]
     assert search(store, "Bürgermeisterin") == []
+
+
+def index_rows(store: Store) -> list[tuple]:
+    return store.db.execute("SELECT rowid, title, summary FROM entries_fts ORDER BY rowid").fetchall()
+
+
+def test_a_write_transaction_indexes_its_entries_together(store):
+    """store_feeds indexes new and changed entries in one statement: the rows are the triggers' rows,
+    a feed rolled back alone leaves nothing behind, and the marker is gone when the batch commits."""
+    renamed = keyed(ParsedEntry(**{**vars(OLD_BRIDGE), "title": "Holzsteg gesperrt", "url": None, "content_hash": ""}))
+    ferry = keyed(ParsedEntry(**{**vars(STREET), "guid": "a3", "title": "Fähre fährt wieder", "link": "http://news.test/f"}))
+    outcomes = store.store_feeds([
+        FeedWrite(B, parsed(renamed, title="Blatt B"), ok(B), LATER, LATER),
+        FeedWrite("http://unknown.test/feed", parsed(keyed(ParsedEntry(**{**vars(STREET), "guid": "x"})), title="?"),
+                  ok("http://unknown.test/feed"), LATER, LATER),
+        FeedWrite(A, parsed(ferry, BRIDGE, STREET, title="Anzeiger"), ok(A), LATER, LATER),
+    ])
+    assert [type(o).__name__ for o in outcomes] == ["StoreCounts", "StorageError", "StoreCounts"]
+    assert store.scalar("SELECT count(*) FROM entries_fts_deferred") == 0
+    assert titles(search(store, "Holzsteg")) == ["Holzsteg gesperrt"] and search(store, "abgerissen") == []
+    assert titles(search(store, "Fähre")) == ["Fähre fährt wieder"]
+    indexed = index_rows(store)
+    assert [row[0] for row in indexed] == [row[0] for row in store.db.execute("SELECT id FROM entries ORDER BY id")]
+    store.db.execute("INSERT INTO entries_fts (entries_fts) VALUES ('rebuild')")  # what the triggers would have written
+    assert index_rows(store) == indexed
+    store.db.execute("INSERT INTO entries_fts (entries_fts, rank) VALUES ('integrity-check', 1)")
+
+
+def test_a_feed_stored_in_one_transaction_becomes_one_index_segment(tmp_path):
+    """Indexed row by row, the 60 entries made a segment each (17 index pages after merging); together, one."""
+    entries = tuple(
+        keyed(ParsedEntry(guid=str(i), link=f"http://a.test/{i}", title=f"Brücke {i}", author=None, published=None,
+                          updated=None, summary=f"<p>Wort{i} und Text {i * 7}</p>", content=None))
+        for i in range(60)
+    )
+    with Store.open(tmp_path / "agg.db") as store:
+        store.sync_feeds([FeedConfig(A)], NOW)
+        store.store_feed(A, parsed(*entries, title="Anzeiger"), ok(A), now=NOW, next_poll_at=LATER)
+        assert store.scalar("SELECT count(*) FROM entries_fts") == 60
+        assert store.scalar("SELECT count(*) FROM entries_fts_data") <= 4  # averages, structure, one leaf page
+        assert len(search(store, "Brücke", limit=100)) == 60
+
+
+def test_a_failed_write_leaves_the_triggers_on(store, monkeypatch):
+    """The marker that sets the triggers aside is rolled back with the transaction that failed."""
+    def boom(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Store, "_record_success", boom)
+    with pytest.raises(StorageError, match="disk I/O error"):
+        store.store_feed(A, parsed(keyed(ParsedEntry(**{**vars(STREET), "guid": "z"})), title="A"), ok(A), now=LATER, next_poll_at=LATER)
+    assert store.scalar("SELECT count(*) FROM entries_fts_deferred") == 0
+    conn = sqlite3.connect(store.path)
+    with conn:
+        conn.execute("INSERT INTO entries (feed_url, guid, title, first_seen, content_hash) VALUES (?, 'raw', 'Seilbahn', ?, 'x')", [B, NOW])
+    conn.close()
+    assert titles(search(store, "Seilbahn")) == ["Seilbahn"]
 
 
 def test_sqlite_utils_finds_the_index(store):

@@ -10,6 +10,7 @@ from sqlite_utils import Database
 
 from ..dedup import Fingerprint
 from ..types import ArticleJob
+from . import search_index
 
 MAX_ATTEMPTS = 5
 
@@ -61,9 +62,11 @@ class ArticleLedger:
 
     def record(self, outcomes: Iterable[ArticleOutcome], now: str) -> None:
         """Store a batch of outcomes in one transaction."""
-        with self._write() as db:
+        with self._write() as db, search_index.deferred(db) as index:
             for outcome in outcomes:
                 self._record_one(db, outcome, now)
+                if outcome.text is not None:
+                    index.changed(outcome.entry_id)
                 if outcome.status == "done" and self._text_changed is not None:
                     self._text_changed(db, outcome.entry_id, outcome.fingerprint)
 

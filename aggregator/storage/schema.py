@@ -276,3 +276,40 @@ def m011_search_text(db: Database) -> None:
         f"    DELETE FROM entries_fts WHERE rowid = old.id;\n"
         f"    INSERT INTO entries_fts (rowid, {columns}) VALUES ({values['update']});\nEND"
     )
+
+
+def _search_trigger_values(stale: bool) -> str:
+    """The ``entries_fts`` row of ``new`` in the insert and update triggers (m011's values)."""
+    changed = "new.{0} IS NOT old.{0} AND new.{0}_text IS old.{0}_text"
+    summary = _text_or_html("new", "summary", changed.format("summary") if stale else None)
+    content = _text_or_html("new", "content", changed.format("content") if stale else None)
+    return f"new.id, new.title, {summary}, {content}, new.article_text"
+
+
+@migrations()
+def m012_deferred_search_index(db: Database) -> None:
+    """entries_fts_deferred: while a write transaction holds a row there, the insert and update
+    triggers leave entries_fts to the writer, which indexes the transaction's entries in one statement.
+
+    FTS5 writes its pending words to disk at every statement of a transaction that touches it, so
+    a trigger per row wrote one small index segment per entry, to be merged again later.
+    """
+    db.execute("CREATE TABLE entries_fts_deferred (after_id INTEGER NOT NULL)")
+    for trigger in ("entries_fts_insert", "entries_fts_update"):
+        db.execute(f"DROP TRIGGER {trigger}")
+    columns = ", ".join(FTS_COLUMNS)
+    when = "WHEN NOT EXISTS (SELECT 1 FROM entries_fts_deferred)"
+    db.execute(
+        f"CREATE TRIGGER entries_fts_insert AFTER INSERT ON entries {when} BEGIN\n"
+        f"    INSERT INTO entries_fts (rowid, {columns}) VALUES ({_search_trigger_values(stale=False)});\nEND"
+    )
+    db.execute(
+        f"CREATE TRIGGER entries_fts_update AFTER UPDATE OF id, {columns}, summary_text, content_text ON entries {when} BEGIN\n"
+        f"    DELETE FROM entries_fts WHERE rowid = old.id;\n"
+        f"    INSERT INTO entries_fts (rowid, {columns}) VALUES ({_search_trigger_values(stale=True)});\nEND"
+    )
+
+
+def search_index_values(row: str) -> str:
+    """SQL for the ``entries_fts`` row (rowid first) of ``row``, a row of ``entries`` as it is now."""
+    return f"{row}.id, {row}.title, {_text_or_html(row, 'summary')}, {_text_or_html(row, 'content')}, {row}.article_text"

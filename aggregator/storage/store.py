@@ -17,10 +17,26 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from ..dedup import RULE_LINKED, RULE_URL, Candidate, DedupSettings, Fingerprint, Match, match_url, stories_near
+from ..dedup import (
+    RULE_LINKED,
+    RULE_URL,
+    Candidate,
+    DedupSettings,
+    Fingerprint,
+    Match,
+    match_url,
+    stories_near,
+)
 from ..exceptions import StorageError
-from ..types import ArticleJob, FeedConfig, FeedState, FetchResult, ParsedEntry, ParsedFeed
-from . import retention, stories
+from ..types import (
+    ArticleJob,
+    FeedConfig,
+    FeedState,
+    FetchResult,
+    ParsedEntry,
+    ParsedFeed,
+)
+from . import retention, search_index, stories
 from .articles import ArticleLedger
 from .schema import migrations
 from .transactions import immediate
@@ -264,16 +280,16 @@ class Store:
         A feed whose writes fail is rolled back alone and gets its error; the others commit.
         One commit for several feeds shares its cost (the index pages, the full-text segment).
         """
-        with self._write() as db:
-            outcomes = [self._store_one(write) for write in writes]
+        with self._write() as db, search_index.deferred(db) as index:
+            outcomes = [self._store_one(write, index) for write in writes]
             if self.dedup.enabled and writes:
                 self._bands.advance(db, max(stories.moment(None, w.now) for w in writes), self.dedup.window)
             return outcomes
 
-    def _store_one(self, write: FeedWrite) -> StoreCounts | StorageError:
+    def _store_one(self, write: FeedWrite, index: search_index.DeferredIndex) -> StoreCounts | StorageError:
         try:
             with self.db.atomic() as db:
-                counts = self._upsert_entries(db, write.url, write.parsed.entries, write.now, write.full_text)
+                counts = self._upsert_entries(db, write.url, write.parsed.entries, write.now, write.full_text, index)
                 self._record_success(db, write.url, write.result, write.parsed, write.now, write.next_poll_at)
         except sqlite3.Error as e:
             if not self.db.conn.in_transaction:
@@ -317,7 +333,8 @@ class Store:
         )
 
     def _upsert_entries(
-        self, db: Database, feed_url: str, entries: Sequence[ParsedEntry], now: str, full_text: bool
+        self, db: Database, feed_url: str, entries: Sequence[ParsedEntry], now: str, full_text: bool,
+        index: search_index.DeferredIndex,
     ) -> StoreCounts:
         entries = retention.unpruned(db, feed_url, entries)
         existing = self._existing(db, feed_url, [e.guid for e in entries])
@@ -337,6 +354,7 @@ class Store:
                 duplicates += match is not None
             elif known[1] != entry.content_hash:
                 entry_id, match = known[0], self._update(db, feed_url, known[0], entry, now, full_text)
+                index.changed(entry_id)
                 updated += 1
             else:
                 continue
