@@ -20,6 +20,7 @@ from .exceptions import StorageError
 from .storage.store import FeedWrite, Store, StoreCounts
 
 MAX_FEEDS = 16
+CACHE_MIB = 16  # the writing connection's page cache: the indexes' pages stay in memory between batches
 MAX_ENTRIES = 1500
 DELAY = 0.05
 
@@ -91,7 +92,7 @@ class StoreWriter:
     def _store_apart(self, writes: list[FeedWrite]) -> list[Outcome]:
         """In the writing thread: the batch through its own connection, with the store's dedup settings."""
         if self._own is None:
-            self._own = Store.open(self.store.path)
+            self._own = Store.open(self.store.path, cache_mib=CACHE_MIB)
         self._own.dedup, self._own.dedup_opted_out = self.store.dedup, self.store.dedup_opted_out
         return _stored(self._own, writes)
 

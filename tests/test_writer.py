@@ -10,9 +10,9 @@ import pytest
 from aggregator.exceptions import StorageError
 from aggregator.parse import keyed
 from aggregator.storage import Store
-from aggregator.storage.store import FeedWrite, StoreCounts
+from aggregator.storage.store import WAL_CHECKPOINT_PAGES, FeedWrite, StoreCounts
 from aggregator.types import FeedConfig, FetchResult, ParsedEntry, ParsedFeed
-from aggregator.writer import StoreWriter
+from aggregator.writer import CACHE_MIB, StoreWriter
 
 NOW = "2026-11-20T10:00:00Z"
 LATER = "2026-11-20T10:30:00Z"
@@ -84,10 +84,12 @@ def test_writer_flushes_when_the_batch_is_full(store: Store) -> None:
 
 def test_threaded_writer_stores_on_its_own_thread_and_connection(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[str] = []
+    settings: list[tuple[int, int]] = []
     real = Store.store_feeds
 
     def recording(self: Store, writes):
         threads.append(threading.current_thread().name)
+        settings.append((self.scalar("PRAGMA cache_size"), self.scalar("PRAGMA wal_autocheckpoint")))
         return real(self, writes)
 
     async def main() -> list[StoreCounts | BaseException]:
@@ -104,6 +106,8 @@ def test_threaded_writer_stores_on_its_own_thread_and_connection(store: Store, m
     first, failed, last = asyncio.run(main())
     assert (first.new, last.new) == (1, 1) and isinstance(failed, StorageError)
     assert threads and all(name.startswith("store-writer") for name in threads)
+    assert settings and all(s == (-1024 * CACHE_MIB, WAL_CHECKPOINT_PAGES) for s in settings)  # a cache of its own
+    assert store.scalar("PRAGMA cache_size") == -2000  # the loop's connection keeps SQLite's default
     assert guids(store) == {(A, "1"), (B, "2")}
 
 
