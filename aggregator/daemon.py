@@ -84,7 +84,7 @@ class Daemon:
         async with WorkerPool() as pool:
             fetcher = Fetcher(fetch_settings(self.config))
             articles = ArticleStage(self.store, fetcher, pool, article_settings(self.config), _ArticleMetrics(self))
-            self.context = PollContext(self.config, self.store, fetcher, pool, articles, unchanged_batch=1)
+            self.context = PollContext(self.config, self.store, fetcher, pool, articles, wait_for_states=True)
             serving = asyncio.create_task(server.serve())
             await _until_listening(server, serving)
             self._install_signals()

@@ -28,7 +28,7 @@ from .schedule import Hints, Interval, base_interval, next_poll, response_hints,
 from .storage import Store
 from .storage.articles import ArticleOutcome
 from .storage.retention import prune
-from .storage.store import FeedWrite, StoreCounts, body_hash
+from .storage.store import FeedFailed, FeedUnchanged, FeedWrite, StoreCounts, body_hash
 from .timeutil import iso, utcnow
 from .types import Config, FeedConfig, FeedState, FetchResult, ParsedFeed, PollResult
 from .workers import PARSE_TIME_LIMIT, WorkerPool
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 INLINE_PARSE_BELOW = 4
 GONE = 410
 GONE_NAMED = 3
-UNCHANGED_BATCH = 200
 STORE_CHUNK = 1000
 
 
@@ -59,34 +58,42 @@ class PollContext:
     pool: WorkerPool
     articles: ArticleStage
     inline_parse: bool = False
-    unchanged_batch: int = UNCHANGED_BATCH
-    unchanged: list[tuple[str, FetchResult, str, str]] = field(default_factory=list)
     threaded_writes: bool = True
+    wait_for_states: bool = False
     writer: StoreWriter = field(init=False)
+    _states: list[asyncio.Future[StoreCounts]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.writer = StoreWriter(self.store, threaded=self.threaded_writes)
 
-    def record_unchanged(self, url: str, result: FetchResult, now: str, next_poll_at: str) -> None:
-        """Polls that brought nothing new only update feed state: they are written in batches."""
-        self.unchanged.append((url, result, now, next_poll_at))
-        if len(self.unchanged) >= self.unchanged_batch:
-            self.flush()
+    async def record_state(self, write: FeedUnchanged | FeedFailed) -> None:
+        """A poll that only changes its feed's row: written with the next batch. A pass polls each feed
+        once and does not wait for it (its StorageError, if any, is raised by :meth:`drain`); the daemon,
+        which reads the feed's next poll back from the store, waits (``wait_for_states``)."""
+        future = self.writer.submit(write)
+        if self.wait_for_states:
+            await future
+            return
+        self._states = [f for f in self._states if not f.done() or (not f.cancelled() and f.exception() is not None)]
+        self._states.append(future)
 
     def flush(self) -> None:
         self.writer.flush()
-        if self.unchanged:
-            batch, self.unchanged = self.unchanged, []
-            self.store.record_unchanged(batch)
 
     async def drain(self) -> None:
         """Everything polled so far is in the store when this returns."""
-        self.flush()
         await self.writer.drain()
+        self._raise_state_errors()
 
     async def aclose(self) -> None:
-        self.flush()
         await self.writer.aclose()
+        self._raise_state_errors()
+
+    def _raise_state_errors(self) -> None:
+        states, self._states = self._states, []
+        errors = [f.exception() for f in states if f.done() and not f.cancelled() and f.exception() is not None]
+        if errors:
+            raise errors[0]
 
 
 @dataclass
@@ -238,12 +245,12 @@ async def poll_feed(context: PollContext, feed: FeedConfig, state: FeedState) ->
         )
         outcome = await _store_result(context, feed, state, result)
     except FeedError as e:
-        outcome = _record_failure(context, feed, state, e)
+        outcome = await _record_failure(context, feed, state, e)
     except StorageError:
         raise
     except Exception as e:  # noqa: BLE001 - one feed's bug must not stop the pass
         log.exception("unexpected error polling %s", feed.url)
-        outcome = _record_failure(context, feed, state, e)
+        outcome = await _record_failure(context, feed, state, e)
     return replace(outcome, seconds=round(time.monotonic() - started, 3))
 
 
@@ -265,7 +272,7 @@ async def _store_result(
     moved = result.permanent_redirect
     if result.not_modified or (state.body_hash and body_hash(result.body) == state.body_hash):
         due = _due(context, feed, now, publish_every=state.publish_interval, hints=replace(hints, ttl=state.ttl))
-        context.record_unchanged(feed.url, result, iso(now), due)
+        await context.record_state(FeedUnchanged(feed.url, result, iso(now), due))
         return PollResult(url=feed.url, status="not_modified", http_status=result.status, moved_to=moved)
     result, parsed = await _feed_document(context, feed, result)
     parsed = not_later_than(parsed, iso(now))
@@ -343,21 +350,21 @@ async def _read(context: PollContext, result: FetchResult) -> ParsedFeed | HtmlP
     )
 
 
-def _record_failure(context: PollContext, feed: FeedConfig, state: FeedState, error: Exception) -> PollResult:
+async def _record_failure(context: PollContext, feed: FeedConfig, state: FeedState, error: Exception) -> PollResult:
     now = utcnow()
     message = str(error) or type(error).__name__
     status = getattr(error, "status", None)
     if status == GONE:
-        return _record_gone(context, feed, now)
+        return await _record_gone(context, feed, now)
     hints = Hints(retry_after=retry_after(getattr(error, "retry_after", None), now))
     due = _due(context, feed, now, publish_every=state.publish_interval, hints=hints, errors=state.error_count + 1)
-    context.store.record_error(feed.url, error=message, status=status, now=iso(now), next_poll_at=due)
+    await context.record_state(FeedFailed(feed.url, message, status, iso(now), due))
     return PollResult(url=feed.url, status="error", http_status=status, error=message)
 
 
-def _record_gone(context: PollContext, feed: FeedConfig, now: datetime) -> PollResult:
+async def _record_gone(context: PollContext, feed: FeedConfig, now: datetime) -> PollResult:
     message = gone_message(feed.url)
-    context.store.record_gone(feed.url, error=message, now=iso(now))
+    await context.record_state(FeedFailed(feed.url, message, GONE, iso(now), None))
     return PollResult(url=feed.url, status="gone", http_status=GONE, error=message)
 
 

@@ -361,6 +361,51 @@ def test_failures_are_recorded_per_feed_in_one_pass(http: FixtureServer, write_c
         assert len(entries_of(conn, url)) == count
 
 
+def test_failed_and_unchanged_polls_are_written_by_the_writer_thread(
+    http: FixtureServer, write_config, poll_once, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loop never takes SQLite's write lock for a failed or unchanged feed: it would wait for
+    the writer thread's transaction, and every feed of the pass with it."""
+    import threading
+
+    from aggregator.storage import Store, store as store_module
+
+    http.route("/w/ok.xml", file="rss2_basic.xml")
+    http.route("/w/500", body="boom", status=500)
+    http.route("/w/410", file="atom_basic.xml")
+    config = write_config([http.url("/w/ok.xml"), http.url("/w/500"), http.url("/w/410")])
+    poll_once(config)  # ok.xml is stored; the next pass finds it unchanged (304)
+    http.route("/w/410", body="gone", status=410)
+
+    threads: list[tuple[str, str]] = []
+    real = store_module._record_failed
+    real_success = Store._record_success
+
+    def failed(db, write):
+        threads.append((write.url, threading.current_thread().name))
+        return real(db, write)
+
+    def success(self, db, url, result, parsed, now, next_poll_at):
+        threads.append((url, threading.current_thread().name))
+        return real_success(self, db, url, result, parsed, now, next_poll_at)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a feed's state written from the event loop's thread")
+
+    monkeypatch.setattr(store_module, "_record_failed", failed)
+    monkeypatch.setattr(Store, "_record_success", success)
+    for name in ("record_error", "record_gone", "record_unchanged"):
+        monkeypatch.setattr(Store, name, refuse)
+    summary = poll_once(config)
+
+    assert sorted(r.status for r in summary.results) == ["error", "gone", "not_modified"]
+    assert sorted(url for url, _ in threads) == sorted([http.url("/w/ok.xml"), http.url("/w/500"), http.url("/w/410")])
+    assert all(name.startswith("store-writer") for _, name in threads), threads
+    conn = db(config_paths(config)[0])
+    assert feed_row(conn, http.url("/w/500"))["error_count"] == 2
+    assert feed_row(conn, http.url("/w/410"))["gone_at"] is not None
+
+
 def test_error_count_grows_and_resets_on_success(http: FixtureServer, write_config, poll_once, db) -> None:
     url = http.url("/flaky.xml")
     http.route("/flaky.xml", body="down", status=503)

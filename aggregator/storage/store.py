@@ -68,6 +68,30 @@ class FeedWrite:
 
 
 @dataclass(frozen=True)
+class FeedUnchanged:
+    """A successful poll that brought nothing new (304, or the same body): only the feed's state changes."""
+
+    url: str
+    result: FetchResult
+    now: str
+    next_poll_at: str
+
+
+@dataclass(frozen=True)
+class FeedFailed:
+    """A failed poll: its error, and when to try again (``next_poll_at`` None for a feed that is gone)."""
+
+    url: str
+    error: str
+    status: int | None
+    now: str
+    next_poll_at: str | None
+
+
+PollWrite = FeedWrite | FeedUnchanged | FeedFailed
+
+
+@dataclass(frozen=True)
 class FeedRow:
     url: str
     name: str | None
@@ -227,14 +251,7 @@ class Store:
     def record_gone(self, url: str, *, error: str, now: str) -> None:
         """The feed answered 410 Gone: no poll is scheduled (``next_poll_at`` NULL) until it answers otherwise."""
         with self._write() as db:
-            db.execute(
-                """
-                UPDATE feeds SET last_polled_at = ?, last_status = 410, last_error = ?,
-                    error_count = error_count + 1, next_poll_at = NULL, gone_at = coalesce(gone_at, ?)
-                WHERE url = ?
-                """,
-                [now, error, now, url],
-            )
+            _record_failed(db, FeedFailed(url, error, 410, now, None))
 
     def poll_no_later_than(self, urls: Sequence[str], moment: str) -> None:
         """Bring the next poll of these feeds forward to ``moment`` where it is later (a shorter interval)."""
@@ -254,14 +271,7 @@ class Store:
         self, url: str, *, error: str, status: int | None, now: str, next_poll_at: str
     ) -> None:
         with self._write() as db:
-            db.execute(
-                """
-                UPDATE feeds SET last_polled_at = ?, last_status = ?, last_error = ?,
-                    error_count = error_count + 1, next_poll_at = ?, gone_at = NULL
-                WHERE url = ?
-                """,
-                [now, status, error, next_poll_at, url],
-            )
+            _record_failed(db, FeedFailed(url, error, status, now, next_poll_at))
 
     def record_unchanged(self, polls: Iterable[tuple[str, FetchResult, str, str]]) -> None:
         """Successful polls that brought nothing new, ``(url, result, now, next_poll_at)``, in one transaction."""
@@ -283,9 +293,10 @@ class Store:
             raise outcome
         return outcome
 
-    def store_feeds(self, writes: Sequence[FeedWrite]) -> list[StoreCounts | StorageError]:
+    def store_feeds(self, writes: Sequence[PollWrite]) -> list[StoreCounts | StorageError]:
         """Store several polls in one transaction, each in a savepoint of its own.
 
+        Failed and unchanged polls only update their feed's row (and count nothing).
         A feed whose writes fail is rolled back alone and gets its error; the others commit.
         One commit for several feeds shares its cost (the index pages, the full-text segment).
         """
@@ -295,11 +306,17 @@ class Store:
                 self._bands.advance(db, max(stories.moment(None, w.now) for w in writes), self.dedup.window)
             return outcomes
 
-    def _store_one(self, write: FeedWrite, index: search_index.DeferredIndex) -> StoreCounts | StorageError:
+    def _store_one(self, write: PollWrite, index: search_index.DeferredIndex) -> StoreCounts | StorageError:
         try:
             with self.db.atomic() as db:
-                counts = self._upsert_entries(db, write.url, write.parsed.entries, write.now, write.full_text, index)
-                self._record_success(db, write.url, write.result, write.parsed, write.now, write.next_poll_at)
+                counts = StoreCounts()
+                if isinstance(write, FeedWrite):
+                    counts = self._upsert_entries(db, write.url, write.parsed.entries, write.now, write.full_text, index)
+                    self._record_success(db, write.url, write.result, write.parsed, write.now, write.next_poll_at)
+                elif isinstance(write, FeedUnchanged):
+                    self._record_success(db, write.url, write.result, None, write.now, write.next_poll_at)
+                else:
+                    _record_failed(db, write)
         except sqlite3.Error as e:
             if not self.db.conn.in_transaction:
                 raise  # the error ended the whole transaction: no feed of the batch is stored
@@ -529,6 +546,27 @@ def _extraction_state(entry: ParsedEntry, match: Match | None, full_text: bool) 
 
 def body_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:32]
+
+
+def _record_failed(db: Database, failed: FeedFailed) -> None:
+    if failed.next_poll_at is None:  # 410 Gone
+        db.execute(
+            """
+            UPDATE feeds SET last_polled_at = ?, last_status = ?, last_error = ?,
+                error_count = error_count + 1, next_poll_at = NULL, gone_at = coalesce(gone_at, ?)
+            WHERE url = ?
+            """,
+            [failed.now, failed.status, failed.error, failed.now, failed.url],
+        )
+        return
+    db.execute(
+        """
+        UPDATE feeds SET last_polled_at = ?, last_status = ?, last_error = ?,
+            error_count = error_count + 1, next_poll_at = ?, gone_at = NULL
+        WHERE url = ?
+        """,
+        [failed.now, failed.status, failed.error, failed.next_poll_at, failed.url],
+    )
 
 
 def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
