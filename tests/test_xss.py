@@ -79,7 +79,8 @@ def attribute_problems(tag: str, name: str, value: str) -> list[str]:
     found = []
     if name.startswith("on"):
         found.append(f"<{tag} {name}=…>: an event handler")
-    if name == "style" or ("expression(" in value.lower() and name not in URL_ATTRIBUTES):
+    is_url = name in URL_ATTRIBUTES or name.endswith("srcset")  # a URL's text may say anything
+    if name == "style" or ("expression(" in value.lower() and not is_url):
         found.append(f"<{tag} {name}={value!r}>: a style")
     if name.endswith("srcset"):  # every word: a URL or its descriptor
         for word in value.replace(",", " ").split():
