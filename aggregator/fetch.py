@@ -234,6 +234,9 @@ async def _read_capped(url: str, response: httpx.Response, max_bytes: int, progr
         body.extend(decoder.finish())
     except DecodingFailed as e:
         raise FetchError(url, str(e)) from e
+    except TooLargeError:
+        body.pieces.clear()  # not kept alive by the traceback while the error is recorded
+        raise
     return b"".join(body.pieces)
 
 

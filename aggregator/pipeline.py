@@ -20,7 +20,7 @@ from typing import Protocol
 
 from .articles import ArticleSettings, ArticleStage
 from .documents import HTML_NOT_FEED, HtmlPage
-from .exceptions import ConfigError, FeedError, FetchError, ParseError, StorageError
+from .exceptions import ConfigError, FeedError, FetchError, ParseError, StorageError, TooLargeError
 from .fetch import Fetcher, FetchSettings
 from .generate import outputs_current, write_outputs
 from .parse import not_later_than, read_document
@@ -31,7 +31,7 @@ from .storage.retention import prune
 from .storage.store import FeedFailed, FeedUnchanged, FeedWrite, StoreCounts, body_hash
 from .timeutil import iso, utcnow
 from .types import Config, FeedConfig, FeedState, FetchResult, ParsedFeed, PollResult
-from .workers import PARSE_TIME_LIMIT, WorkerPool
+from .workers import PARSE_TIME_LIMIT, WorkerPool, release_memory
 from .writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,8 @@ async def poll_feed(context: PollContext, feed: FeedConfig, state: FeedState) ->
             state.moved_to or feed.url, etag=state.etag, last_modified=state.last_modified
         )
         outcome = await _store_result(context, feed, state, result)
+        if outcome.new + outcome.updated > STORE_CHUNK:
+            release_memory()  # a feed of thousands of items is stored: give its memory back
     except FeedError as e:
         outcome = await _record_failure(context, feed, state, e)
     except StorageError:
@@ -354,6 +356,8 @@ async def _record_failure(context: PollContext, feed: FeedConfig, state: FeedSta
     now = utcnow()
     message = str(error) or type(error).__name__
     status = getattr(error, "status", None)
+    if isinstance(error, TooLargeError):
+        release_memory()  # up to the size cap was read (or decompressed) and dropped
     if status == GONE:
         return await _record_gone(context, feed, now)
     hints = Hints(retry_after=retry_after(getattr(error, "retry_after", None), now))

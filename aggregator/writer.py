@@ -22,7 +22,7 @@ from .exceptions import StorageError
 from .storage.store import FeedWrite, PollWrite, Store, StoreCounts
 
 MAX_FEEDS = 16
-CACHE_MIB = 16  # the writing connection's page cache: the indexes' pages stay in memory between batches
+CACHE_MIB = 8  # the writing connection's page cache: the indexes' pages stay in memory between batches
 MAX_ENTRIES = 1500
 DELAY = 0.05
 
