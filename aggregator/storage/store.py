@@ -294,34 +294,49 @@ class Store:
         return outcome
 
     def store_feeds(self, writes: Sequence[PollWrite]) -> list[StoreCounts | StorageError]:
-        """Store several polls in one transaction, each in a savepoint of its own.
+        """Store several polls in one transaction, each feed's entries in a savepoint of its own.
 
-        Failed and unchanged polls only update their feed's row (and count nothing).
+        Failed and unchanged polls only update their feed's row (one statement, and count nothing).
         A feed whose writes fail is rolled back alone and gets its error; the others commit.
         One commit for several feeds shares its cost (the index pages, the full-text segment).
         """
-        with self._write() as db, search_index.deferred(db) as index:
-            outcomes = [self._store_one(write, index) for write in writes]
-            if self.dedup.enabled and writes:
-                self._bands.advance(db, max(stories.moment(None, w.now) for w in writes), self.dedup.window)
+        stored = [w for w in writes if isinstance(w, FeedWrite)]
+        with self._write() as db:
+            if not stored:
+                return [self._store_state(db, write) for write in writes]
+            with search_index.deferred(db) as index:
+                outcomes = [
+                    self._store_one(write, index) if isinstance(write, FeedWrite) else self._store_state(db, write)
+                    for write in writes
+                ]
+            if self.dedup.enabled:
+                self._bands.advance(db, max(stories.moment(None, w.now) for w in stored), self.dedup.window)
             return outcomes
 
-    def _store_one(self, write: PollWrite, index: search_index.DeferredIndex) -> StoreCounts | StorageError:
+    def _store_one(self, write: FeedWrite, index: search_index.DeferredIndex) -> StoreCounts | StorageError:
         try:
             with self.db.atomic() as db:
-                counts = StoreCounts()
-                if isinstance(write, FeedWrite):
-                    counts = self._upsert_entries(db, write.url, write.parsed.entries, write.now, write.full_text, index)
-                    self._record_success(db, write.url, write.result, write.parsed, write.now, write.next_poll_at)
-                elif isinstance(write, FeedUnchanged):
-                    self._record_success(db, write.url, write.result, None, write.now, write.next_poll_at)
-                else:
-                    _record_failed(db, write)
+                counts = self._upsert_entries(db, write.url, write.parsed.entries, write.now, write.full_text, index)
+                self._record_success(db, write.url, write.result, write.parsed, write.now, write.next_poll_at)
         except sqlite3.Error as e:
-            if not self.db.conn.in_transaction:
-                raise  # the error ended the whole transaction: no feed of the batch is stored
-            return StorageError(f"{self.path}: cannot store {write.url}: {e}")
+            return self._failed(write, e)
         return counts
+
+    def _store_state(self, db: Database, write: FeedUnchanged | FeedFailed) -> StoreCounts | StorageError:
+        """One UPDATE of the feed's row: a statement that fails changes nothing, so no savepoint."""
+        try:
+            if isinstance(write, FeedUnchanged):
+                self._record_success(db, write.url, write.result, None, write.now, write.next_poll_at)
+            else:
+                _record_failed(db, write)
+        except sqlite3.Error as e:
+            return self._failed(write, e)
+        return StoreCounts()
+
+    def _failed(self, write: PollWrite, error: sqlite3.Error) -> StorageError:
+        if not self.db.conn.in_transaction:
+            raise error  # the error ended the whole transaction: no feed of the batch is stored
+        return StorageError(f"{self.path}: cannot store {write.url}: {error}")
 
     def _record_success(
         self, db: Database, url: str, result: FetchResult, parsed: ParsedFeed | None, now: str, next_poll_at: str
