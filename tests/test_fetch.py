@@ -112,6 +112,28 @@ def test_permanent_redirect_is_reported(http: FixtureServer, status: int) -> Non
     assert result.url == http.url("/old")
 
 
+def test_a_cookie_set_on_the_way_is_sent_after_the_redirect(http: FixtureServer, monkeypatch) -> None:
+    """Sites that set a cookie and redirect (consent pages) still get it back; answers without
+    Set-Cookie are not handed to the cookie jar at all (it costs more than the rest of a 304)."""
+    from http import cookiejar
+
+    parsed: list[str] = []
+    real = cookiejar.CookieJar.extract_cookies
+
+    def counting(self, response, request):
+        parsed.append(request.get_full_url())
+        return real(self, response, request)
+
+    monkeypatch.setattr(cookiejar.CookieJar, "extract_cookies", counting)
+    http.route("/consent", redirect="/feed-c", status=302, headers={"Set-Cookie": "consent=yes; Path=/"})
+    http.route("/feed-c", body=FEED)
+    result = fetch(http.url("/consent"))
+    assert result.body == FEED
+    request = http.last_request("/feed-c")
+    assert request is not None and request.headers.get("Cookie") == "consent=yes"
+    assert parsed == [http.url("/consent")]
+
+
 @pytest.mark.parametrize("status", [302, 303, 307])
 def test_temporary_redirect_is_followed_but_not_permanent(http: FixtureServer, status: int) -> None:
     http.route("/old", redirect="/new", status=status)
