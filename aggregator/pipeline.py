@@ -61,7 +61,7 @@ class PollContext:
     threaded_writes: bool = True
     wait_for_states: bool = False
     writer: StoreWriter = field(init=False)
-    _states: list[asyncio.Future[StoreCounts]] = field(init=False, default_factory=list)
+    _state_errors: list[BaseException] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.writer = StoreWriter(self.store, threaded=self.threaded_writes)
@@ -74,8 +74,11 @@ class PollContext:
         if self.wait_for_states:
             await future
             return
-        self._states = [f for f in self._states if not f.done() or (not f.cancelled() and f.exception() is not None)]
-        self._states.append(future)
+        future.add_done_callback(self._state_written)
+
+    def _state_written(self, future: asyncio.Future[StoreCounts]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self._state_errors.append(future.exception())  # type: ignore[arg-type]
 
     def flush(self) -> None:
         self.writer.flush()
@@ -90,8 +93,7 @@ class PollContext:
         self._raise_state_errors()
 
     def _raise_state_errors(self) -> None:
-        states, self._states = self._states, []
-        errors = [f.exception() for f in states if f.done() and not f.cancelled() and f.exception() is not None]
+        errors, self._state_errors = self._state_errors, []
         if errors:
             raise errors[0]
 

@@ -406,6 +406,26 @@ def test_failed_and_unchanged_polls_are_written_by_the_writer_thread(
     assert feed_row(conn, http.url("/w/410"))["gone_at"] is not None
 
 
+def test_a_failed_poll_that_cannot_be_stored_fails_the_pass(
+    http: FixtureServer, write_config, poll_once, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass does not wait for a failed feed's row, but does not lose its StorageError either."""
+    import sqlite3 as sqlite
+
+    from aggregator.exceptions import StorageError
+    from aggregator.storage import store as store_module
+
+    def broken(db, write):
+        raise sqlite.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store_module, "_record_failed", broken)
+    http.route("/s/500", body="boom", status=500)
+    http.route("/s/ok.xml", file="rss2_basic.xml")
+    config = write_config([http.url("/s/500"), http.url("/s/ok.xml")])
+    with pytest.raises(StorageError, match="disk I/O error"):
+        poll_once(config)
+
+
 def test_error_count_grows_and_resets_on_success(http: FixtureServer, write_config, poll_once, db) -> None:
     url = http.url("/flaky.xml")
     http.route("/flaky.xml", body="down", status=503)
