@@ -97,7 +97,7 @@ def guarded_transport(settings: FetchSettings) -> httpx.AsyncBaseTransport:
         )
         return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False)
 
-    return AiohttpTransport(client=session)
+    return AiohttpTransport(verify=ssl_context, trust_env=False, client=session)  # not a second CA bundle load
 
 
 class Fetcher:

@@ -396,3 +396,19 @@ def test_refusal_teredo_unwraps_to_client_address() -> None:
     teredo_metadata = "2001:0:4136:e378:8000:63bf:5601:5601"
     why = refusal(teredo_metadata, allow_private=True)
     assert why is not None and "metadata" in why
+
+
+def test_one_tls_context_per_fetcher(monkeypatch) -> None:
+    """Loading the CA bundle costs more than a hundred 304s: the transport reuses the fetcher's context."""
+    import ssl
+
+    made: list[int] = []
+    real = ssl.create_default_context
+
+    def counting(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    Fetcher(FetchSettings(timeout=1.0, allow_private=True, user_agent=AGENT))
+    assert len(made) == 1
