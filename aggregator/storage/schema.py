@@ -278,14 +278,6 @@ def m011_search_text(db: Database) -> None:
     )
 
 
-def _search_trigger_values(stale: bool) -> str:
-    """The ``entries_fts`` row of ``new`` in the insert and update triggers (m011's values)."""
-    changed = "new.{0} IS NOT old.{0} AND new.{0}_text IS old.{0}_text"
-    summary = _text_or_html("new", "summary", changed.format("summary") if stale else None)
-    content = _text_or_html("new", "content", changed.format("content") if stale else None)
-    return f"new.id, new.title, {summary}, {content}, new.article_text"
-
-
 @migrations()
 def m012_deferred_search_index(db: Database) -> None:
     """entries_fts_deferred: while a write transaction holds a row there, the insert and update
@@ -301,15 +293,19 @@ def m012_deferred_search_index(db: Database) -> None:
     when = "WHEN NOT EXISTS (SELECT 1 FROM entries_fts_deferred)"
     db.execute(
         f"CREATE TRIGGER entries_fts_insert AFTER INSERT ON entries {when} BEGIN\n"
-        f"    INSERT INTO entries_fts (rowid, {columns}) VALUES ({_search_trigger_values(stale=False)});\nEND"
+        f"    INSERT INTO entries_fts (rowid, {columns}) VALUES ({search_index_values('new')});\nEND"
     )
     db.execute(
         f"CREATE TRIGGER entries_fts_update AFTER UPDATE OF id, {columns}, summary_text, content_text ON entries {when} BEGIN\n"
         f"    DELETE FROM entries_fts WHERE rowid = old.id;\n"
-        f"    INSERT INTO entries_fts (rowid, {columns}) VALUES ({_search_trigger_values(stale=True)});\nEND"
+        f"    INSERT INTO entries_fts (rowid, {columns}) VALUES ({search_index_values('new', before='old')});\nEND"
     )
 
 
-def search_index_values(row: str) -> str:
-    """SQL for the ``entries_fts`` row (rowid first) of ``row``, a row of ``entries`` as it is now."""
-    return f"{row}.id, {row}.title, {_text_or_html(row, 'summary')}, {_text_or_html(row, 'content')}, {row}.article_text"
+def search_index_values(row: str, *, before: str | None = None) -> str:
+    """SQL for the ``entries_fts`` row (rowid first) of ``row``, a row of ``entries``. With ``before``
+    (``old`` in the update trigger), words left unchanged while their HTML changed are not trusted."""
+    changed = "{0}.{2} IS NOT {1}.{2} AND {0}.{2}_text IS {1}.{2}_text"
+    summary = _text_or_html(row, "summary", changed.format(row, before, "summary") if before else None)
+    content = _text_or_html(row, "content", changed.format(row, before, "content") if before else None)
+    return f"{row}.id, {row}.title, {summary}, {content}, {row}.article_text"
