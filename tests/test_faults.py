@@ -27,6 +27,7 @@ from conftest import finish_cli, open_db, render_config, start_cli
 from server import FixtureServer
 
 from aggregator.storage import Store
+from aggregator.storage.store import FeedFailed, FeedUnchanged
 
 DATA = Path(__file__).parent / "data"
 FAULTS = DATA / "faults"
@@ -478,13 +479,13 @@ def test_any_other_answer_than_410_ends_gone(tmp_path: Path) -> None:
     url = "http://127.0.0.1:9/feed.xml"
     with Store.open(tmp_path / "agg.db") as store:
         store.sync_feeds([FeedConfig(url=url)], "2026-11-20T10:00:00Z")
-        store.record_gone(url, error="HTTP 410 Gone", now="2026-11-20T10:00:00Z")
+        store.store_feeds([FeedFailed(url, "HTTP 410 Gone", 410, "2026-11-20T10:00:00Z", None)])
         assert store.gone_feeds([url]) == {url} and url not in store.due_feeds("2099-01-01T00:00:00Z")
-        store.record_error(url, error="HTTP 503", status=503, now="2026-11-20T11:00:00Z", next_poll_at="2026-11-20T12:00:00Z")
+        store.store_feeds([FeedFailed(url, "HTTP 503", 503, "2026-11-20T11:00:00Z", "2026-11-20T12:00:00Z")])
         assert store.gone_feeds([url]) == set() and url in store.due_feeds("2099-01-01T00:00:00Z")
-        store.record_gone(url, error="HTTP 410 Gone", now="2026-11-20T13:00:00Z")
+        store.store_feeds([FeedFailed(url, "HTTP 410 Gone", 410, "2026-11-20T13:00:00Z", None)])
         ok = FetchResult(url=url, final_url=url, status=304, headers={})
-        store.record_unchanged([(url, ok, "2026-11-20T14:00:00Z", "2026-11-20T15:00:00Z")])
+        store.store_feeds([FeedUnchanged(url, ok, "2026-11-20T14:00:00Z", "2026-11-20T15:00:00Z")])
         assert store.gone_feeds([url]) == set()
 
 

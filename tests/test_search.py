@@ -15,7 +15,7 @@ from aggregator.search import SearchError, fts_query, render_text, search, since
 from aggregator.storage import Store
 from aggregator.storage.articles import ArticleOutcome
 from aggregator.storage.schema import migrations
-from aggregator.storage.store import FeedWrite
+from aggregator.storage.store import FeedFailed, FeedWrite
 from aggregator.types import FeedConfig, FetchResult, ParsedEntry, ParsedFeed
 
 NOW = "2026-11-20T10:00:00Z"
@@ -302,10 +302,10 @@ def test_feed_health_view_says_how_each_feed_is(tmp_path):
         d, e = "http://d.test/feed", "http://e.test/feed"
         store.sync_feeds([FeedConfig(A), FeedConfig(B), FeedConfig(C), FeedConfig(d), FeedConfig(e)], NOW)
         store.store_feed(A, parsed(STREET, title="Anzeiger"), ok(A), now=NOW, next_poll_at=LATER)
-        store.record_error(B, error="HTTP 404 Not Found", status=404, now=NOW, next_poll_at=LATER)
+        store.store_feeds([FeedFailed(B, "HTTP 404 Not Found", 404, NOW, LATER)])
         store.store_feed(C, parsed(title="C"), ok(C, moved_to="http://c.test/new"), now=NOW, next_poll_at=LATER)
         store.store_feed(d, parsed(title="D"), ok(d, moved_to="http://d.test/new"), now=NOW, next_poll_at=LATER)
-        store.record_error(d, error="timed out", status=None, now=LATER, next_poll_at=LATER)
+        store.store_feeds([FeedFailed(d, "timed out", None, LATER, LATER)])
         rows = store.db.execute("SELECT url, status, last_error, error_count, entry_count, moved_to FROM feed_health").fetchall()
     health = {row[0]: row[1:] for row in rows}
     assert health[A] == ("ok", None, 0, 1, None)

@@ -22,6 +22,7 @@ from aggregator.generate import output_paths, write_outputs
 from aggregator.metrics import Metrics
 from aggregator.serve import Health, ServerStartError, build_app, make_server
 from aggregator.storage import Store
+from aggregator.storage.store import FeedFailed
 from aggregator.types import Config, FeedConfig, FetchResult, OutputConfig, ParsedEntry, ParsedFeed, PollResult
 
 OK_FEED = "http://127.0.0.1:9/sueddeutsche.xml"
@@ -74,10 +75,9 @@ def fill_store(config: Config) -> None:
         store.sync_feeds(config.feeds, NOW)
         store.store_feed(OK_FEED, parsed, result, now=NOW, next_poll_at="2026-11-20T10:30:00Z")
         store.db.execute("UPDATE feeds SET title = ? WHERE url = ?", [f"Kaputt {HOSTILE}", FAILING_FEED])
-        store.record_error(
-            FAILING_FEED, error=f"HTTP 500 Internal Server Error {HOSTILE}", status=500, now=NOW,
-            next_poll_at="2026-11-20T10:05:00Z",
-        )
+        store.store_feeds([
+            FeedFailed(FAILING_FEED, f"HTTP 500 Internal Server Error {HOSTILE}", 500, NOW, "2026-11-20T10:05:00Z")
+        ])
         write_outputs(config, store)
 
 
@@ -283,7 +283,7 @@ def test_healthz_and_index_say_a_gone_feed_is_gone(tmp_path: Path, start: Callab
     config = make_config(tmp_path)
     fill_store(config)
     with Store.open(config.database) as store:
-        store.record_gone(FAILING_FEED, error="gone (HTTP 410): the feed was removed", now=NOW)
+        store.store_feeds([FeedFailed(FAILING_FEED, "gone (HTTP 410): the feed was removed", 410, NOW, None)])
     client = start(config)
     document = client.get("/healthz").json()
     assert document["feeds"]["gone"] == 1

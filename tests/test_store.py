@@ -9,6 +9,7 @@ from aggregator.exceptions import StorageError
 from aggregator.parse import keyed
 from aggregator.storage import Store
 from aggregator.storage.schema import migrations
+from aggregator.storage.store import FeedFailed, FeedUnchanged
 from aggregator.types import FeedConfig, FetchResult, ParsedEntry, ParsedFeed
 
 NOW = "2026-11-20T10:00:00Z"
@@ -129,10 +130,10 @@ def test_entries_for_output_one_per_story_newest_first(store):
 
 def test_errors_counted_and_cleared(store):
     url = "http://a.test/feed"
-    store.record_error(url, error="HTTP 500", status=500, now=NOW, next_poll_at=LATER)
-    store.record_error(url, error="HTTP 503", status=503, now=NOW, next_poll_at=LATER)
+    store.store_feeds([FeedFailed(url, "HTTP 500", 500, NOW, LATER)])
+    store.store_feeds([FeedFailed(url, "HTTP 503", 503, NOW, LATER)])
     assert rows(store, "SELECT last_error, last_status, error_count FROM feeds WHERE url = ?", [url]) == [("HTTP 503", 503, 2)]
-    store.record_unchanged([(url, FetchResult(url, url, 304, {}), LATER, LATER)])
+    store.store_feeds([FeedUnchanged(url, FetchResult(url, url, 304, {}), LATER, LATER)])
     assert rows(store, "SELECT last_error, last_status, error_count, last_success_at FROM feeds WHERE url = ?", [url]) == [(None, 304, 0, LATER)]
 
 

@@ -248,11 +248,6 @@ class Store:
             ))
         return gone
 
-    def record_gone(self, url: str, *, error: str, now: str) -> None:
-        """The feed answered 410 Gone: no poll is scheduled (``next_poll_at`` NULL) until it answers otherwise."""
-        with self._write() as db:
-            _record_failed(db, FeedFailed(url, error, 410, now, None))
-
     def poll_no_later_than(self, urls: Sequence[str], moment: str) -> None:
         """Bring the next poll of these feeds forward to ``moment`` where it is later (a shorter interval)."""
         with self._write() as db:
@@ -266,18 +261,6 @@ class Store:
     def feed_counts(self) -> tuple[int, int]:
         row = self.db.execute("SELECT count(*), count(last_error) FROM feeds").fetchone()
         return int(row[0]), int(row[1])
-
-    def record_error(
-        self, url: str, *, error: str, status: int | None, now: str, next_poll_at: str
-    ) -> None:
-        with self._write() as db:
-            _record_failed(db, FeedFailed(url, error, status, now, next_poll_at))
-
-    def record_unchanged(self, polls: Iterable[tuple[str, FetchResult, str, str]]) -> None:
-        """Successful polls that brought nothing new, ``(url, result, now, next_poll_at)``, in one transaction."""
-        with self._write() as db:
-            for url, result, now, next_poll_at in polls:
-                self._record_success(db, url, result, None, now, next_poll_at)
 
     def store_feed(
         self, url: str, parsed: ParsedFeed, result: FetchResult, *, now: str, next_poll_at: str,
