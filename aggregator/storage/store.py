@@ -547,23 +547,15 @@ def body_hash(body: bytes) -> str:
 
 
 def _record_failed(db: Database, failed: FeedFailed) -> None:
-    if failed.next_poll_at is None:  # 410 Gone
-        db.execute(
-            """
-            UPDATE feeds SET last_polled_at = ?, last_status = ?, last_error = ?,
-                error_count = error_count + 1, next_poll_at = NULL, gone_at = coalesce(gone_at, ?)
-            WHERE url = ?
-            """,
-            [failed.now, failed.status, failed.error, failed.now, failed.url],
-        )
-        return
+    """The feed's error; with no next poll (410 Gone), also since when it is gone."""
     db.execute(
         """
         UPDATE feeds SET last_polled_at = ?, last_status = ?, last_error = ?,
-            error_count = error_count + 1, next_poll_at = ?, gone_at = NULL
+            error_count = error_count + 1, next_poll_at = ?,
+            gone_at = CASE WHEN ? IS NULL THEN coalesce(gone_at, ?) END
         WHERE url = ?
         """,
-        [failed.now, failed.status, failed.error, failed.next_poll_at, failed.url],
+        [failed.now, failed.status, failed.error, failed.next_poll_at, failed.next_poll_at, failed.now, failed.url],
     )
 
 
