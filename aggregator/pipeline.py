@@ -80,9 +80,6 @@ class PollContext:
         if not future.cancelled() and future.exception() is not None:
             self._state_errors.append(future.exception())  # type: ignore[arg-type]
 
-    def flush(self) -> None:
-        self.writer.flush()
-
     async def drain(self) -> None:
         """Everything polled so far is in the store when this returns."""
         await self.writer.drain()
