@@ -10,6 +10,7 @@ Before feedparser sees a document, :mod:`.documents` makes it safe and readable
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import json
@@ -20,6 +21,8 @@ from datetime import datetime
 from typing import Any
 
 import feedparser
+import feedparser.mixin
+import feedparser.urls
 
 from .dedup import body_text, boilerplate, fingerprint_of
 from .documents import HtmlPage, feed_links, looks_like_html, prepared
@@ -35,6 +38,18 @@ _HTML_TYPES = ("text/html", "application/xhtml+xml")
 TITLE_MAX = 1000
 EARLIEST_DATE = "1970-01-01T00:00:01Z"
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
+
+
+def _memoise_base_resolution() -> None:
+    """feedparser resolves the current base URI against the element's own at every start tag (``xml:base``
+    may change it): a urljoin per element, a fifth of its parsing time. The function is pure and its
+    arguments repeat through a document, so it is memoised; a feedparser that no longer calls it is left alone."""
+    resolve = getattr(feedparser.urls, "make_safe_absolute_uri", None)
+    if resolve is not None and getattr(feedparser.mixin, "make_safe_absolute_uri", None) is resolve:
+        feedparser.mixin.make_safe_absolute_uri = functools.lru_cache(maxsize=256)(resolve)
+
+
+_memoise_base_resolution()
 
 
 def parse_feed(body: bytes, url: str, headers: Mapping[str, str] | None = None) -> ParsedFeed:

@@ -151,3 +151,18 @@ def test_an_html_page_with_a_malformed_feed_link_names_the_good_one():
     <link rel="alternate" type="application/atom+xml" href="/atom.xml"></head></html>"""
     with pytest.raises(ParseError, match="links to the feed http://h.test/atom.xml"):
         parse_feed(page, "http://h.test/", {"content-type": "text/html"})
+
+
+def test_base_resolution_is_memoised_and_each_document_keeps_its_own_base():
+    import feedparser.mixin
+
+    def atom(base: str) -> bytes:
+        return f"""<feed xmlns="http://www.w3.org/2005/Atom" xml:base="{base}"><title>t</title>
+          <entry xml:base="sub/"><id>1</id><title>a</title><link href="a.html"/></entry>
+          <entry><id>2</id><title>b</title><link href="b.html"/></entry></feed>""".encode()
+
+    one = parse_feed(atom("http://one.test/x/"), f"{BASE}/one.xml")
+    two = parse_feed(atom("http://two.test/y/"), f"{BASE}/two.xml")
+    assert [e.link for e in one.entries] == ["http://one.test/x/sub/a.html", "http://one.test/x/b.html"]
+    assert [e.link for e in two.entries] == ["http://two.test/y/sub/a.html", "http://two.test/y/b.html"]
+    assert feedparser.mixin.make_safe_absolute_uri.cache_info().hits > 0
