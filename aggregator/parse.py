@@ -10,6 +10,7 @@ Before feedparser sees a document, :mod:`.documents` makes it safe and readable
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import html
@@ -18,11 +19,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 import feedparser
 import feedparser.mixin
 import feedparser.urls
+from feedparser.util import FeedParserDict
 
 from .dedup import body_text, boilerplate, fingerprint_of
 from .documents import HtmlPage, feed_links, looks_like_html, prepared
@@ -49,7 +52,21 @@ def _memoise_base_resolution() -> None:
         feedparser.mixin.make_safe_absolute_uri = functools.lru_cache(maxsize=256)(resolve)
 
 
+def _content_params_copy(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """``copy.deepcopy`` for feedparser: its content parameters (type, language, base: strings) are copied
+    at the end of every text element, and for a dict of strings a copy of the dict is a deep copy."""
+    if type(value) is FeedParserDict and all(v is None or type(v) is str for v in value.values()):
+        return FeedParserDict(value)
+    return copy.deepcopy(value, memo)
+
+
+def _copy_content_params_shallowly() -> None:
+    if getattr(feedparser.mixin, "copy", None) is copy:
+        feedparser.mixin.copy = SimpleNamespace(deepcopy=_content_params_copy)
+
+
 _memoise_base_resolution()
+_copy_content_params_shallowly()
 
 
 def parse_feed(body: bytes, url: str, headers: Mapping[str, str] | None = None) -> ParsedFeed:

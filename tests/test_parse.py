@@ -166,3 +166,24 @@ def test_base_resolution_is_memoised_and_each_document_keeps_its_own_base():
     assert [e.link for e in one.entries] == ["http://one.test/x/sub/a.html", "http://one.test/x/b.html"]
     assert [e.link for e in two.entries] == ["http://two.test/y/sub/a.html", "http://two.test/y/b.html"]
     assert feedparser.mixin.make_safe_absolute_uri.cache_info().hits > 0
+
+
+def test_content_parameters_are_copied_per_entry():
+    from aggregator.parse import _content_params_copy
+    from feedparser.util import FeedParserDict
+
+    params = FeedParserDict(type="text/html", language="de", base="http://one.test/", value=None)
+    copied = _content_params_copy(params)
+    copied["value"] = "Straße"
+    assert type(copied) is FeedParserDict and params["value"] is None and copied["type"] == "text/html"
+    nested = FeedParserDict(type="text/html", extra=["a"])
+    deep = _content_params_copy(nested)
+    deep["extra"].append("b")
+    assert nested["extra"] == ["a"]
+    parsed = parse_feed(
+        b"""<rss version="2.0"><channel><title>t</title>
+        <item><guid>1</guid><title>a</title><description>&lt;p&gt;eins&lt;/p&gt;</description></item>
+        <item><guid>2</guid><title>b</title><description>zwei</description></item></channel></rss>""",
+        f"{BASE}/two.xml",
+    )
+    assert [e.summary for e in parsed.entries] == ["<p>eins</p>", "zwei"]
