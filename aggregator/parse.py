@@ -211,8 +211,15 @@ def _base(raw: Any, feed_url: str) -> str:
     for key in ("title_detail", "summary_detail"):
         detail = raw.get(key)
         if detail and detail.get("base"):
-            return absolute_url(detail["base"], feed_url) or feed_url
+            return _base_url(detail["base"], feed_url)
     return feed_url
+
+
+@functools.lru_cache(maxsize=256)
+def _base_url(base: str, against: str) -> str:
+    """An element's base resolved against its parent's (``against`` when it is not a usable URL); the
+    same few pairs come back for every entry of a document."""
+    return absolute_url(base, against) or against
 
 
 def _guid(raw: Any, link: str | None, title: str | None, published: str | None, body: str | None) -> str:
@@ -259,7 +266,7 @@ def _html(value: Any, detail: Any, base: str) -> str | None:
     if detail and detail.get("type") not in (*_HTML_TYPES, None):
         value = html.escape(value)
     if detail and detail.get("base"):
-        base = absolute_url(detail["base"], base) or base
+        base = _base_url(detail["base"], base)
     return sanitize_html(value, base)
 
 
