@@ -6,6 +6,7 @@ dropped too, images included, as feed readers fetch images by address anyway.
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from collections.abc import Callable
@@ -29,6 +30,7 @@ _SRCSET_CANDIDATE = re.compile(r"[\s,]*(\S*[^\s,])(?:\s+([^,]*))?")
 _SRCSET_DESCRIPTOR = re.compile(r"\d+(?:\.\d+)?[wx]")
 _TAG = re.compile(r"<[^>]*>")
 _MAX_PASSES = 3
+_TEXT_ONLY = nh3.Cleaner(tags=set())
 
 
 def sanitize_html(markup: str | None, base_url: str | None = None) -> str | None:
@@ -49,8 +51,14 @@ def sanitize_html(markup: str | None, base_url: str | None = None) -> str | None
 
 
 def _clean(markup: str, base_url: str | None) -> str:
-    return nh3.clean(
-        markup,
+    return _cleaner(base_url).clean(markup).strip()
+
+
+@functools.lru_cache(maxsize=64)
+def _cleaner(base_url: str | None) -> nh3.Cleaner:
+    """The sanitiser for markup found at ``base_url``, built once: handing nh3 the allow-lists on
+    every call took two thirds of the time of cleaning a feed entry."""
+    return nh3.Cleaner(
         tags=_TAGS,
         clean_content_tags=_CLEAN_CONTENT,
         attributes=_ATTRIBUTES,
@@ -58,7 +66,7 @@ def _clean(markup: str, base_url: str | None) -> str:
         url_relative=("rewrite_with_base", base_url) if base_url else "deny",
         link_rel="noopener noreferrer",
         attribute_filter=_url_attributes(base_url),
-    ).strip()
+    )
 
 
 def _url_attributes(base_url: str | None) -> Callable[[str, str, str], str | None]:
@@ -97,7 +105,7 @@ def plain_text(markup: str | None) -> str | None:
     """Text content of an HTML fragment (or plain text), whitespace collapsed."""
     if not markup:
         return None
-    text = _WHITESPACE.sub(" ", html.unescape(_TAG.sub(" ", nh3.clean(markup, tags=set())))).strip()
+    text = _WHITESPACE.sub(" ", html.unescape(_TAG.sub(" ", _TEXT_ONLY.clean(markup)))).strip()
     return text or None
 
 

@@ -52,3 +52,15 @@ def test_empty_markup_is_none():
 def test_plain_text():
     assert plain_text("<p>Tom &amp; <b>Jerry</b></p>\n<p>»zwei«</p>") == "Tom & Jerry »zwei«"
     assert plain_text(None) is None
+
+
+def test_each_base_url_resolves_its_own_relative_links():
+    markup = '<p><a href="story">x</a> <img src="../pic.jpg"> <q cite="/quelle">»Zitat«</q></p>'
+    one = sanitize_html(markup, "http://one.test/news/")
+    two = sanitize_html(markup, "https://two.test/a/b/")
+    again = sanitize_html(markup, "http://one.test/news/")
+    assert 'href="http://one.test/news/story"' in one and 'src="http://one.test/pic.jpg"' in one
+    assert 'cite="http://one.test/quelle"' in one and "»Zitat«" in one
+    assert 'href="https://two.test/a/b/story"' in two and 'cite="https://two.test/quelle"' in two
+    assert again == one
+    assert sanitize_html(markup) == '<p><a rel="noopener noreferrer">x</a> <img> <q>»Zitat«</q></p>'
