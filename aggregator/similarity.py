@@ -85,10 +85,11 @@ def from_bytes(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<u4")
 
 
-def band_keys(sig: np.ndarray) -> list[int]:
-    """One integer per band: the band's number and a hash of its rows, for an indexed lookup."""
-    rows = sig.astype("<u4").reshape(BANDS, ROWS)
-    return [(band << 32) | zlib.crc32(rows[band].tobytes()) for band in range(BANDS)]
+def band_keys(signature: bytes) -> list[int]:
+    """One integer per band of a stored signature (:func:`to_bytes`): the band's number and a hash of
+    its rows, for an indexed lookup."""
+    size = 4 * ROWS
+    return [(band << 32) | zlib.crc32(signature[band * size : (band + 1) * size]) for band in range(BANDS)]
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:

@@ -23,7 +23,7 @@ from aggregator.config import load_config
 from aggregator.dedup import DedupSettings, body_text, boilerplate, fingerprint_of
 from aggregator.parse import keyed, parse_feed
 from aggregator.sanitize import html_blocks
-from aggregator.similarity import band_keys, from_bytes
+from aggregator.similarity import BANDS, band_keys
 from aggregator.storage import Store
 from aggregator.types import FeedConfig, FetchResult, ParsedEntry, ParsedFeed
 
@@ -463,11 +463,11 @@ def test_a_common_band_does_not_hide_the_recent_original(tmp_path: Path) -> None
             published=published, updated=None, summary=f"<p>{body}</p>", content=None,
         ))
 
-    footer_band = band_keys(from_bytes(report(0, FOOTER, None, "p").fingerprint.signature))[0]
+    footer_band = band_keys(report(0, FOOTER, None, "p").fingerprint.signature)[0]
     bodies: list[str] = []
     while len(bodies) < 231:  # short reports whose first band is the footer's
         body = " ".join(rng.choice(vocabulary) for _ in range(22)) + ". " + FOOTER
-        if band_keys(from_bytes(report(0, body, None, "p").fingerprint.signature))[0] == footer_band:
+        if band_keys(report(0, body, None, "p").fingerprint.signature)[0] == footer_band:
             bodies.append(body)
     police, paper = "http://police.test/feed", "http://paper.test/feed"
     with Store.open(tmp_path / "agg.db") as store:
@@ -484,7 +484,7 @@ def test_a_common_band_does_not_hide_the_recent_original(tmp_path: Path) -> None
         store.store_feed(police, ParsedFeed("Polizei Köln", None, None, (recent,)), FetchResult(police, police, 200, {}),
                          now=POLLED, next_poll_at=DUE)
         copy = report(999, "Köln: " + bodies[-1], "2026-11-25T07:40:00Z", "paper")
-        assert band_keys(from_bytes(copy.fingerprint.signature))[0] == footer_band
+        assert band_keys(copy.fingerprint.signature)[0] == footer_band
         store.store_feed(paper, ParsedFeed("Zeitung", None, None, (copy,)), FetchResult(paper, paper, 200, {}),
                          now=POLLED, next_poll_at=DUE)
         original_id = store.scalar("SELECT id FROM entries WHERE guid = 'police-999'")
@@ -633,3 +633,13 @@ def test_a_near_duplicate_with_full_text_has_its_page_fetched_in_the_same_pass(s
     assert store.scalar("SELECT duplicate_rule FROM entries WHERE guid = 'copy'") == "near-duplicate"
     assert store.scalar("SELECT extraction_status FROM entries WHERE guid = 'copy'") == "pending"
     assert jobs == {"first": ["https://first.example/story"], "copy": ["https://copy.example/story"]}
+
+
+def test_band_keys_of_a_stored_signature_stay_what_the_band_index_holds() -> None:
+    fingerprint = fingerprint_of(
+        "Brücke gesperrt",
+        "Die Brücke über den Fluss bleibt wegen Bauarbeiten bis Freitag gesperrt, teilte die Stadt mit.",
+    )
+    keys = band_keys(fingerprint.signature)
+    assert len(keys) == BANDS and [key >> 32 for key in keys] == list(range(BANDS))
+    assert keys[:3] == [3212847296, 7759215595, 9563328896] and keys[-1] == 65594725687

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from sqlite_utils import Database
 
 from ..dedup import DedupSettings, Fingerprint, Match, NearCandidate, match_near
-from ..similarity import band_keys, from_bytes
+from ..similarity import band_keys
 
 MAX_CANDIDATES = 200
 
@@ -26,7 +26,7 @@ def moment(published: str | None, first_seen: str) -> float:
 
 def candidates(db: Database, fingerprint: Fingerprint) -> list[NearCandidate]:
     """Stored entries sharing at least one band with ``fingerprint``."""
-    keys = band_keys(from_bytes(fingerprint.signature))
+    keys = band_keys(fingerprint.signature)
     rows = db.execute(
         f"""
         SELECT e.id, e.duplicate_of, e.fingerprint, e.fingerprint_words, e.published, e.first_seen, e.feed_url
@@ -48,14 +48,14 @@ def save_fingerprint(db: Database, entry_id: int, fingerprint: Fingerprint | Non
     """Record an entry's fingerprint; ``banded`` entries can be found by later ones."""
     old = db.execute("SELECT fingerprint FROM entries WHERE id = ?", [entry_id]).fetchone()
     if old and old[0] is not None:
-        stale = [(key, entry_id) for key in band_keys(from_bytes(old[0]))]
+        stale = [(key, entry_id) for key in band_keys(old[0])]
         db.conn.executemany("DELETE FROM entry_bands WHERE key = ? AND entry_id = ?", stale)
     db.execute(
         "UPDATE entries SET fingerprint = ?, fingerprint_words = ? WHERE id = ?",
         [fingerprint.signature if fingerprint else None, fingerprint.words if fingerprint else None, entry_id],
     )
     if fingerprint is not None and banded:
-        keys = band_keys(from_bytes(fingerprint.signature))
+        keys = band_keys(fingerprint.signature)
         db.conn.executemany("INSERT OR IGNORE INTO entry_bands (key, entry_id) VALUES (?, ?)", [(k, entry_id) for k in keys])
 
 
@@ -159,7 +159,7 @@ class BatchIndex:
     """
 
     def __init__(self, db: Database, fingerprints: list[Fingerprint]) -> None:
-        self._keys = {fp.signature: band_keys(from_bytes(fp.signature)) for fp in fingerprints}
+        self._keys = {fp.signature: band_keys(fp.signature) for fp in fingerprints}
         self._by_key: dict[int, list[int]] = {}
         self._details: dict[int, NearCandidate] = {}
         self._pending: list[tuple[int, int]] = []
@@ -189,7 +189,7 @@ class BatchIndex:
 
     def keys(self, fingerprint: Fingerprint) -> list[int]:
         if fingerprint.signature not in self._keys:
-            self._keys[fingerprint.signature] = band_keys(from_bytes(fingerprint.signature))
+            self._keys[fingerprint.signature] = band_keys(fingerprint.signature)
         return self._keys[fingerprint.signature]
 
     def candidates(self, fingerprint: Fingerprint) -> list[NearCandidate]:
