@@ -39,6 +39,7 @@ RSS_TARGET_MB = 150.0
 @dataclass(slots=True)
 class ProcessResult:
     seconds: float
+    cpu_s: float  # user + system time of the process and the children it waited for
     max_rss_mb: float
     tree_mb: float
     tree_processes: int
@@ -62,6 +63,7 @@ class OursRun:
     warm_requests: dict[str, int]
     cold_self_s: float | None = None
     warm_self_s: float | None = None
+    cold_cpu_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -75,6 +77,7 @@ class ReaderRun:
     entries: int | None
     process_s: float
     requests: dict[str, int]
+    cold_cpu_s: float = 0.0
     detail: dict[str, Any] = field(default_factory=dict)
 
 
@@ -116,6 +119,7 @@ def run_measured(cmd: Sequence[str], cwd: Path, timeout: float) -> ProcessResult
         err.seek(0)
         return ProcessResult(
             seconds=seconds,
+            cpu_s=usage.ru_utime + usage.ru_stime,
             max_rss_mb=usage.ru_maxrss / 1024,
             tree_mb=sampler.peak_mb,
             tree_processes=sampler.peak_processes,
@@ -216,6 +220,7 @@ def run_ours(base_url: str, n_feeds: int, concurrency: int, timeout: float) -> O
         warm_requests=warm_requests,
         cold_self_s=reported_seconds(cold.stdout),
         warm_self_s=reported_seconds(warm.stdout),
+        cold_cpu_s=cold.cpu_s,
     )
 
 
@@ -243,6 +248,7 @@ def run_reader(base_url: str, n_feeds: int, workers: int, timeout: float, search
         entries=report["entries"],
         process_s=result.seconds,
         requests=requests,
+        cold_cpu_s=report["cold"].get("cpu_seconds", 0.0),
         detail=report,
     )
 
@@ -395,6 +401,24 @@ def format_self_reported(results: BenchResults) -> list[str]:
     return [line]
 
 
+def format_cpu(results: BenchResults) -> list[str]:
+    """CPU time of the cold passes, and the best cold speed-up that much CPU allows on this machine's cores."""
+    ours = [r.cold_cpu_s for r in results.ours_runs if r.cold_cpu_s]
+    reader = results.reader_best()
+    if not ours or reader is None:
+        return []
+    cores = len(os.sched_getaffinity(0))
+    workers = int(reader.label.split("cold w=")[1].split(",")[0])
+    theirs = median([r.cold_cpu_s for r in results.reader_runs if r.workers == workers and r.cold_cpu_s])
+    ceiling = reader.cold_s / (median(ours) / cores)
+    return [
+        f"cold pass CPU time (median): aggregator {median(ours):.2f}s (CLI process and its workers, start-up included), "
+        f"reader w={workers} {theirs:.2f}s (update_feeds() in-process)",
+        f"with that much CPU on {cores} core(s), the best cold speed-up possible is {ceiling:.2f}x "
+        f"(reader's cold time / our CPU time per core)",
+    ]
+
+
 def format_checks(checks: Sequence[Check]) -> list[str]:
     return [f"{'PASS' if c.passed else 'FAIL'}  {c.name}: {c.value:.2f} (target {c.target})" for c in checks]
 
@@ -412,7 +436,7 @@ def print_report(results: BenchResults) -> None:
     if results.ours_runs:
         print("aggregator times in the table are CLI process wall time (startup included); reader times are")
         print("update_feeds() in-process. The speed-up checks compare like with like: both in-process.")
-    print("\n".join(format_self_reported(results) + format_requests(results)))
+    print("\n".join(format_self_reported(results) + format_cpu(results) + format_requests(results)))
     print("\n".join(format_checks(results.checks())))
 
 

@@ -27,6 +27,7 @@ class PassResult:
     new_entries: int = 0
     first_error: str | None = None
     search_seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 def feed_urls(base_url: str, n_feeds: int) -> list[str]:
@@ -49,13 +50,14 @@ def summarize(results: Iterable[UpdateResult], started: float) -> PassResult:
 
 
 def timed_update(reader: Reader, workers: int, search: bool) -> PassResult:
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = summarize(reader.update_feeds_iter(scheduled=False, workers=workers), started)
     if search:
         indexing = time.perf_counter()
         reader.update_search()
         result.search_seconds = time.perf_counter() - indexing
         result.seconds += result.search_seconds
+    result.cpu_seconds = time.process_time() - cpu_started  # every thread of the process
     return result
 
 
