@@ -107,7 +107,6 @@ CHECKS = {
     "broken stories": """SELECT count(*) FROM entries d LEFT JOIN entries o ON o.id = d.duplicate_of
         WHERE d.duplicate_of IS NOT NULL AND (o.id IS NULL OR o.duplicate_of IS NOT NULL) HAVING count(*) > 0""",
     "full-text index": "SELECT count(*) FROM entries HAVING count(*) <> (SELECT count(*) FROM entries_fts)",
-    "stray bands": "SELECT count(*) FROM entry_bands WHERE entry_id NOT IN (SELECT id FROM entries) HAVING count(*) > 0",
 }
 
 

@@ -256,8 +256,8 @@ def test_feed_with_dedup_false_keeps_its_entries_out_of_stories(tmp_path: Path) 
         assert store.scalar("SELECT count(*) FROM entries WHERE feed_url = ? AND duplicate_of IS NOT NULL", [opted_out]) == 0
         joined_it = """SELECT count(*) FROM entries d JOIN entries o ON o.id = d.duplicate_of WHERE o.feed_url = ?"""
         assert store.scalar(joined_it, [opted_out]) == 0
-        banded = "SELECT count(*) FROM entry_bands b JOIN entries e ON e.id = b.entry_id WHERE e.feed_url = ?"
-        assert store.scalar(banded, [opted_out]) == 0
+        ids = {row[0] for row in store.db.execute("SELECT id FROM entries WHERE feed_url = ?", [opted_out])}
+        assert store.bands.entry_ids() and not ids & store.bands.entry_ids()
         # the other two feeds still find each other
         original = entry_row(store, "rheinblick.xml", BRIDGE["rheinblick.xml"])
         assert entry_row(store, "mitte.xml", BRIDGE["mitte.xml"])["duplicate_of"] == original["id"]
@@ -375,7 +375,7 @@ def query_plans(store: Store, statements: Iterable[str]) -> dict[str, list[str]]
     return plans
 
 
-def test_candidate_lookup_uses_the_band_index(store: Store) -> None:
+def test_candidates_come_from_the_band_index_without_scanning_entries(store: Store) -> None:
     for name in LABELLED_FILES[:3]:
         store_file(store, name)
     executed: list[str] = []
@@ -390,11 +390,10 @@ def test_candidate_lookup_uses_the_band_index(store: Store) -> None:
         if sql.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "WITH")) and "entr" in sql.lower()
     ]
     plans = query_plans(store, touching)
-    band_lookups = {sql: plan for sql, plan in plans.items() if "entry_bands" in sql and " IN (" in sql}
-    assert band_lookups, "no candidate lookup by band key was made"
-    for sql, plan in band_lookups.items():
-        assert any("entry_bands USING PRIMARY KEY (key=?)" in step or "entry_bands USING COVERING INDEX" in step
-                   for step in plan), (sql, plan)
+    lookups = {sql: plan for sql, plan in plans.items() if "fingerprint_words" in sql and "WHERE id IN (" in sql}
+    assert lookups, "no candidate proposed by the band index was read"
+    for sql, plan in lookups.items():
+        assert any("USING INTEGER PRIMARY KEY (rowid=?)" in step for step in plan), (sql, plan)
     for sql, plan in plans.items():
         full_scans = [
             step for step in plan
@@ -535,6 +534,63 @@ def test_poll_cli_stores_one_story_and_the_merged_feed_shows_it_once(http, write
     assert conn.execute(no_chains).fetchone()[0] == 0
 
 
+def test_a_writer_finds_the_stories_another_process_stored_meanwhile(http, write_config, run_cli, tmp_path) -> None:
+    """``aggregator poll`` beside ``aggregator run``: the band index, loaded before the other process
+    stored the report, reads what it stored before its next write."""
+    urls = {name: http.url(f"/stories/{name}") for name in ("rheinblick.xml", "tageblatt.xml")}
+    config = write_config(list(urls.values()))
+    assert run_cli("stats", config=config).returncode == 0  # the store exists
+    with open_store(tmp_path / "agg.db") as store:
+        weather = _rss([("w1", "Wetter", "<p>Morgen scheint die Sonne über dem ganzen Rheinland bei milden Temperaturen.</p>")])
+        store_file(store, "mitte.xml", body=weather)
+        assert store.bands.seen is not None  # loaded
+
+        other = run_cli("poll", "--json", "--feed", urls["rheinblick.xml"], config=config)
+        assert other.returncode == 0, other.stderr
+        original = store.scalar("SELECT id FROM entries WHERE feed_url = ? AND guid = ?",
+                                [urls["rheinblick.xml"], BRIDGE["rheinblick.xml"]])
+
+        store_file(store, "tageblatt.xml")
+        copy = entry_row(store, "tageblatt.xml", BRIDGE["tageblatt.xml"])
+        assert (copy["duplicate_of"], copy["duplicate_rule"]) == (original, "near-duplicate")
+
+
+def test_stores_of_one_file_share_its_band_index_until_the_last_closes(tmp_path: Path) -> None:
+    first, second = open_store(tmp_path / "agg.db"), open_store(tmp_path / "agg.db")
+    assert first.bands is second.bands
+    store_file(first, "rheinblick.xml")
+    assert first.bands.entry_ids()
+    first.close()
+    first.close()
+    with open_store(tmp_path / "agg.db") as third:
+        assert third.bands is second.bands
+    second.close()
+    with open_store(tmp_path / "agg.db") as fresh:
+        assert fresh.bands is not second.bands and fresh.bands.seen is None
+
+
+def test_the_band_index_finds_keys_before_and_after_a_merge(monkeypatch) -> None:
+    from aggregator.storage import bands
+
+    monkeypatch.setattr(bands, "MERGE_ROWS", 48)
+    index = bands.BandIndex()
+    rng = random.Random(5)
+    texts = {i: " ".join(f"wort{rng.randrange(100_000)}" for _ in range(60)) for i in range(1, 8)}
+    signatures = {i: fingerprint_of(None, text).signature for i, text in texts.items()}
+    index.add([(1, signatures[1]), (2, signatures[2])])  # 32 keys: not merged yet
+    index.add([(3, signatures[3]), (4, signatures[1])])  # merged at 48; entry 4 shares every key of 1
+    assert index._recent_rows == 16 and sum(len(band) for band in index._hashes) == 48
+    index.add([(5, signatures[5])])
+    found = index.find(band_keys(signatures[1]))
+    assert set(found) == set(band_keys(signatures[1])) and all(ids == [1, 4] for ids in found.values())
+    assert set(index.find(band_keys(signatures[5]))) == set(band_keys(signatures[5]))
+    assert index.find(band_keys(signatures[6])) == {}
+    index.prune(2)
+    index.add([(6, signatures[6]), (7, signatures[7])])  # merged again, without entries 1 and 2
+    assert index.entry_ids() == {3, 4, 5, 6, 7}
+    assert all(ids == [4] for ids in index.find(band_keys(signatures[1])).values())
+
+
 # --- a feed's boilerplate, and stories found to be one ----------------------------------------------
 
 
@@ -592,7 +648,7 @@ def test_an_entry_like_two_stories_makes_them_one(store: Store) -> None:
     assert store.scalar("SELECT count(*) FROM stories") == 1
 
 
-def test_band_rows_are_kept_for_two_windows_of_first_seen(store: Store) -> None:
+def test_the_band_index_holds_two_windows_of_first_seen(store: Store) -> None:
     """The band index holds the entries first seen within two dedup windows (3 days each) of the
     newest write: older ones are never within the window of a new entry, and a small index stays fast."""
     rng = random.Random(12)
@@ -609,11 +665,9 @@ def test_band_rows_are_kept_for_two_windows_of_first_seen(store: Store) -> None:
         return store.scalar("SELECT id FROM entries WHERE guid = ?", [name])
 
     old, recent = store_at("old", 1), store_at("recent", 5)
-    banded = {row[0] for row in store.db.execute("SELECT DISTINCT entry_id FROM entry_bands")}
-    assert {old, recent} <= banded  # four days apart: both within two windows of the newest write
+    assert {old, recent} <= store.bands.entry_ids()  # four days apart: both within two windows of the newest write
     newest = store_at("newest", 9)
-    banded = {row[0] for row in store.db.execute("SELECT DISTINCT entry_id FROM entry_bands")}
-    assert {recent, newest} <= banded and old not in banded
+    assert {recent, newest} <= store.bands.entry_ids() and old not in store.bands.entry_ids()
 
 
 def test_a_near_duplicate_with_full_text_has_its_page_fetched_in_the_same_pass(store: Store) -> None:
@@ -643,3 +697,16 @@ def test_band_keys_of_a_stored_signature_stay_what_the_band_index_holds() -> Non
     keys = band_keys(fingerprint.signature)
     assert len(keys) == BANDS and [key >> 32 for key in keys] == list(range(BANDS))
     assert keys[:3] == [3212847296, 7759215595, 9563328896] and keys[-1] == 65594725687
+
+
+def test_a_large_first_load_is_merged_as_it_goes(monkeypatch) -> None:
+    from aggregator.storage import bands
+
+    monkeypatch.setattr(bands, "MERGE_ROWS", 64)
+    index = bands.BandIndex()
+    rng = random.Random(8)
+    signatures = [fingerprint_of(None, " ".join(f"w{rng.randrange(10**6)}" for _ in range(40))).signature for _ in range(50)]
+    index.add(enumerate(signatures, 1))
+    assert index._recent_rows < 64 and sum(len(band) for band in index._hashes) >= 50 * 16 - 64
+    assert all(index.find(band_keys(sig)) for sig in signatures)
+    assert index.entry_ids() == set(range(1, 51))

@@ -85,7 +85,6 @@ def _delete(db: Database, ids: str, now: str) -> None:
         WHERE id IN ({chosen}) ON CONFLICT DO NOTHING""",
         [now, ids],
     )
-    db.conn.execute(f"DELETE FROM entry_bands WHERE entry_id IN ({chosen})", [ids])
     db.conn.execute(f"DELETE FROM entries WHERE id IN ({chosen})", [ids])
 
 

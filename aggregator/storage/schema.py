@@ -309,3 +309,12 @@ def search_index_values(row: str, *, before: str | None = None) -> str:
     summary = _text_or_html(row, "summary", changed.format(row, before, "summary") if before else None)
     content = _text_or_html(row, "content", changed.format(row, before, "content") if before else None)
     return f"{row}.id, {row}.title, {summary}, {content}, {row}.article_text"
+
+
+@migrations()
+def m013_band_index_in_memory(db: Database) -> None:
+    """entry_bands goes: the near-duplicate band index is built in memory from entries.fingerprint.
+
+    Its 16 rows per entry at random keys rewrote most of the table's pages at every commit.
+    """
+    db.execute("DROP TABLE entry_bands")

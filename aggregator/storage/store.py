@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -38,6 +39,7 @@ from ..types import (
 )
 from . import retention, search_index, stories
 from .articles import ArticleLedger
+from .bands import BandIndex
 from .schema import migrations
 from .transactions import immediate
 
@@ -150,7 +152,11 @@ class Store:
         self.dedup = DedupSettings()
         self.dedup_opted_out: frozenset[str] = frozenset()
         self.articles = ArticleLedger(db, self._write, self._article_text_changed)
-        self._bands = stories.BandHorizon()
+        self.bands = BandIndex.shared(path)
+        self._released = False
+        self._horizon = stories.BandHorizon()
+        self._clock = 0.0  # the time of the write in progress, for the band index's horizon
+        self._bands_current = False  # the band index has read what others stored, in this transaction
 
     def configure_dedup(self, settings: DedupSettings, feeds: Sequence[FeedConfig]) -> None:
         self.dedup = settings
@@ -161,8 +167,19 @@ class Store:
         feed_url = self.scalar("SELECT feed_url FROM entries WHERE id = ?", [entry_id])
         if fingerprint is None or feed_url is None or not self.near_duplicates(feed_url):
             return
-        stories.save_fingerprint(db, entry_id, fingerprint, banded=True)
-        stories.reevaluate_near(db, entry_id, self.dedup)
+        self._clock, self._bands_current = time.time(), False
+        bands = self._band_index(db)
+        stories.save_fingerprint(db, bands, entry_id, fingerprint, banded=True)
+        stories.reevaluate_near(db, bands, entry_id, self.dedup)
+
+    def _band_index(self, db: Database) -> BandIndex:
+        """The band index, brought up to date once per write transaction, when first needed in it."""
+        if not self._bands_current:
+            if self.bands.seen is None:  # loaded from the entries first seen within two windows
+                self.bands.prune(stories.first_seen_before(db, self._clock - 2 * self.dedup.window))
+            self.bands.catch_up(db, self.near_duplicates)
+            self._bands_current = True
+        return self.bands
 
     @classmethod
     def open(cls, path: str | Path, *, cache_mib: int | None = None) -> Store:
@@ -188,6 +205,9 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+        if not self._released:
+            self._released = True
+            BandIndex.release(self.path)
 
     def __enter__(self) -> Store:
         return self
@@ -284,17 +304,25 @@ class Store:
         One commit for several feeds shares its cost (the index pages, the full-text segment).
         """
         stored = [w for w in writes if isinstance(w, FeedWrite)]
-        with self._write() as db:
-            if not stored:
+        if not stored:
+            with self._write() as db:
                 return [self._store_state(db, write) for write in writes]
-            with search_index.deferred(db) as index:
-                outcomes = [
-                    self._store_one(write, index) if isinstance(write, FeedWrite) else self._store_state(db, write)
-                    for write in writes
-                ]
-            if self.dedup.enabled:
-                self._bands.advance(db, max(stories.moment(None, w.now) for w in stored), self.dedup.window)
+        self._clock, self._bands_current = max(stories.moment(None, w.now) for w in stored), False
+        try:
+            with self._write() as db:
+                with search_index.deferred(db) as index:
+                    outcomes = [
+                        self._store_one(write, index) if isinstance(write, FeedWrite) else self._store_state(db, write)
+                        for write in writes
+                    ]
+                if self.dedup.enabled:
+                    self._horizon.advance(db, self.bands, self._clock, self.dedup.window)
+                newest = self.scalar("SELECT coalesce(max(id), 0) FROM entries") if self._bands_current else None
+            if newest is not None:
+                self.bands.committed(newest)
             return outcomes
+        finally:
+            self._bands_current = False
 
     def _store_one(self, write: FeedWrite, index: search_index.DeferredIndex) -> StoreCounts | StorageError:
         try:
@@ -365,7 +393,7 @@ class Store:
         fresh = [e for e in entries if e.guid not in existing]
         candidates = self._candidates(db, {e.url for e in fresh if e.url})
         near = (
-            stories.BatchIndex(db, [e.fingerprint for e in fresh if e.fingerprint])
+            stories.BatchIndex(db, self._band_index(db), [e.fingerprint for e in fresh if e.fingerprint])
             if self.near_duplicates(feed_url) and fresh else None
         )
         new = updated = duplicates = 0
@@ -385,7 +413,7 @@ class Store:
             if full_text and entry.link and (match is None or match.rule != RULE_URL):  # as _extraction_state
                 jobs.append(ArticleJob(entry_id=entry_id, feed_url=feed_url, url=entry.link))
         if near is not None:
-            near.flush(db)
+            near.flush()
         return StoreCounts(new=new, updated=updated, duplicates=duplicates, jobs=tuple(jobs))
 
     def _existing(self, db: Database, feed_url: str, guids: list[str]) -> dict[str, tuple[int, str]]:
@@ -465,7 +493,8 @@ class Store:
              entry.summary, entry.content, entry.summary_text, entry.content_text, entry.language, now,
              entry.content_hash, entry_id],
         )
-        stories.save_fingerprint(db, entry_id, entry.fingerprint, banded=self.near_duplicates(feed_url))
+        banded = self.near_duplicates(feed_url)
+        stories.save_fingerprint(db, self._band_index(db) if banded else self.bands, entry_id, entry.fingerprint, banded=banded)
         match = self._reevaluate(db, entry_id, entry.url, feed_url)
         if full_text:
             status, reason = _extraction_state(entry, match, full_text)
@@ -488,7 +517,9 @@ class Store:
         if match is not None:
             stories.join(db, entry_id, match)
             return match
-        return stories.reevaluate_near(db, entry_id, self.dedup) if self.near_duplicates(feed_url) else None
+        if not self.near_duplicates(feed_url):
+            return None
+        return stories.reevaluate_near(db, self._band_index(db), entry_id, self.dedup)
 
     def entries_for_output(self, feed_urls: Sequence[str] | None, limit: int) -> list[EntryRow]:
         """Newest first, one entry per story: the earliest member among ``feed_urls``."""

@@ -10,6 +10,7 @@ from sqlite_utils import Database
 
 from ..dedup import DedupSettings, Fingerprint, Match, NearCandidate, match_near
 from ..similarity import band_keys
+from .bands import BandIndex
 
 MAX_CANDIDATES = 200
 
@@ -24,39 +25,39 @@ def moment(published: str | None, first_seen: str) -> float:
     return 0.0
 
 
-def candidates(db: Database, fingerprint: Fingerprint) -> list[NearCandidate]:
-    """Stored entries sharing at least one band with ``fingerprint``."""
-    keys = band_keys(fingerprint.signature)
-    rows = db.execute(
-        f"""
-        SELECT e.id, e.duplicate_of, e.fingerprint, e.fingerprint_words, e.published, e.first_seen, e.feed_url
-        FROM entries e WHERE e.id IN (
-            SELECT entry_id FROM entry_bands WHERE key IN ({",".join("?" * len(keys))})
-            ORDER BY entry_id DESC LIMIT {MAX_CANDIDATES}
-        )
-        """,
-        keys,
-    ).fetchall()
-    return [
-        NearCandidate(row[0], row[1], Fingerprint(row[2], row[3]), moment(row[4], row[5]), row[6])
-        for row in rows
-        if row[2] is not None
-    ]
+def candidates(db: Database, index: BandIndex, fingerprint: Fingerprint) -> list[NearCandidate]:
+    """Stored entries sharing at least one band with ``fingerprint``, the newest ``MAX_CANDIDATES``."""
+    found = index.find(band_keys(fingerprint.signature))
+    newest = sorted({entry_id for ids in found.values() for entry_id in ids}, reverse=True)[:MAX_CANDIDATES]
+    return list(_near_candidates(db, newest).values())
 
 
-def save_fingerprint(db: Database, entry_id: int, fingerprint: Fingerprint | None, *, banded: bool) -> None:
-    """Record an entry's fingerprint; ``banded`` entries can be found by later ones."""
+def _near_candidates(db: Database, ids: list[int]) -> dict[int, NearCandidate]:
+    """The stored entries of ``ids`` that have a fingerprint."""
+    found: dict[int, NearCandidate] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for row in db.execute(
+            f"""SELECT id, duplicate_of, fingerprint, fingerprint_words, published, first_seen, feed_url
+            FROM entries WHERE id IN ({','.join('?' * len(chunk))}) AND fingerprint IS NOT NULL""",
+            chunk,
+        ):
+            found[row[0]] = NearCandidate(row[0], row[1], Fingerprint(row[2], row[3]), moment(row[4], row[5]), row[6])
+    return found
+
+
+def save_fingerprint(
+    db: Database, index: BandIndex, entry_id: int, fingerprint: Fingerprint | None, *, banded: bool
+) -> None:
+    """Record an entry's fingerprint; ``banded`` entries can be found by later ones (the keys of its
+    old fingerprint stay in the index: they only propose a candidate that no longer matches)."""
     old = db.execute("SELECT fingerprint FROM entries WHERE id = ?", [entry_id]).fetchone()
-    if old and old[0] is not None:
-        stale = [(key, entry_id) for key in band_keys(old[0])]
-        db.conn.executemany("DELETE FROM entry_bands WHERE key = ? AND entry_id = ?", stale)
     db.execute(
         "UPDATE entries SET fingerprint = ?, fingerprint_words = ? WHERE id = ?",
         [fingerprint.signature if fingerprint else None, fingerprint.words if fingerprint else None, entry_id],
     )
-    if fingerprint is not None and banded:
-        keys = band_keys(fingerprint.signature)
-        db.conn.executemany("INSERT OR IGNORE INTO entry_bands (key, entry_id) VALUES (?, ?)", [(k, entry_id) for k in keys])
+    if fingerprint is not None and banded and (old is None or old[0] != fingerprint.signature):
+        index.add([(entry_id, fingerprint.signature)])
 
 
 def join(db: Database, entry_id: int, match: Match) -> None:
@@ -67,7 +68,7 @@ def join(db: Database, entry_id: int, match: Match) -> None:
     )
 
 
-def reevaluate_near(db: Database, entry_id: int, settings: DedupSettings) -> Match | None:
+def reevaluate_near(db: Database, index: BandIndex, entry_id: int, settings: DedupSettings) -> Match | None:
     """An original whose text changed may now belong with another story.
 
     With an earlier story it joins that story; a later story joins it instead,
@@ -80,7 +81,7 @@ def reevaluate_near(db: Database, entry_id: int, settings: DedupSettings) -> Mat
     if row is None or row[0] is not None or row[1] is None:
         return None
     fingerprint = Fingerprint(row[1], row[2])
-    others = [c for c in candidates(db, fingerprint) if c.story_id != entry_id]
+    others = [c for c in candidates(db, index, fingerprint) if c.story_id != entry_id]
     match = match_near(fingerprint, moment(row[3], row[4]), others, settings, None, row[5]) if settings.enabled else None
     if match is None:
         return None
@@ -152,40 +153,26 @@ def members(db: Database, entry_id: int) -> list[Member]:
 
 
 class BatchIndex:
-    """Near-duplicate candidates for one feed's new entries, looked up in one query for the batch.
+    """Near-duplicate candidates for one feed's new entries, looked up in the band index at once.
 
     Entries stored meanwhile are added as they go, so two copies inside one
-    feed still find each other; their band rows are written in one go.
+    feed still find each other; they join the band index together.
     """
 
-    def __init__(self, db: Database, fingerprints: list[Fingerprint]) -> None:
+    def __init__(self, db: Database, index: BandIndex, fingerprints: list[Fingerprint]) -> None:
+        self._index = index
         self._keys = {fp.signature: band_keys(fp.signature) for fp in fingerprints}
         self._by_key: dict[int, list[int]] = {}
         self._details: dict[int, NearCandidate] = {}
-        self._pending: list[tuple[int, int]] = []
+        self._pending: list[tuple[int, bytes]] = []
         self._load(db, sorted({key for keys in self._keys.values() for key in keys}))
 
     def _load(self, db: Database, keys: list[int]) -> None:
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            for key, entry_id in db.execute(
-                f"SELECT key, entry_id FROM entry_bands WHERE key IN ({','.join('?' * len(chunk))})", chunk
-            ):
-                self._by_key.setdefault(key, []).append(entry_id)
+        self._by_key = self._index.find(keys)
         for key, found in self._by_key.items():  # a band common to many entries: the newest are compared
             if len(found) > MAX_CANDIDATES:
                 self._by_key[key] = sorted(found)[-MAX_CANDIDATES:]
-        ids = sorted({entry_id for ids in self._by_key.values() for entry_id in ids})
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            for row in db.execute(
-                f"""SELECT id, duplicate_of, fingerprint, fingerprint_words, published, first_seen, feed_url
-                FROM entries WHERE id IN ({','.join('?' * len(chunk))}) AND fingerprint IS NOT NULL""",
-                chunk,
-            ):
-                self._details[row[0]] = NearCandidate(
-                    row[0], row[1], Fingerprint(row[2], row[3]), moment(row[4], row[5]), row[6]
-                )
+        self._details = _near_candidates(db, sorted({entry_id for ids in self._by_key.values() for entry_id in ids}))
 
     def keys(self, fingerprint: Fingerprint) -> list[int]:
         if fingerprint.signature not in self._keys:
@@ -201,7 +188,7 @@ class BatchIndex:
         self._details[candidate.id] = candidate
         for key in self.keys(candidate.fingerprint):
             self._by_key.setdefault(key, []).append(candidate.id)
-            self._pending.append((key, candidate.id))
+        self._pending.append((candidate.id, candidate.fingerprint.signature))
 
     def link(self, db: Database, story_id: int, into: Match) -> None:
         """A story found to be the same as a story begun earlier joins it, members and all
@@ -215,43 +202,42 @@ class BatchIndex:
             if candidate.story_id == story_id:
                 self._details[entry_id] = replace(candidate, duplicate_of=into.original_id)
 
-    def flush(self, db: Database) -> None:
-        if self._pending:
-            db.conn.executemany("INSERT OR IGNORE INTO entry_bands (key, entry_id) VALUES (?, ?)", self._pending)
-            self._pending = []
+    def flush(self) -> None:
+        self._index.add(self._pending)
+        self._pending = []
 
 
 BAND_STEP = 6 * 3600.0  # how often the horizon of the band index moves on
 
 
 class BandHorizon:
-    """Band rows are kept for entries first seen within two dedup windows of the newest write.
+    """The band index holds entries first seen within two dedup windows of the newest write.
 
-    An older entry is hardly ever within the window of a new one, and a band index the size of
-    the window stays in the page cache: inserting 16 rows at random keys per entry into one that
-    grew with the store slowed every write. Ids grow with ``first_seen``, so what goes is an id
-    range, read off marks taken every ``BAND_STEP`` of the writes' clock.
+    An older entry is hardly ever within the window of a new one, and the index stays the size of
+    the window. Ids grow with ``first_seen``, so what leaves is an id range, read off marks taken
+    every ``BAND_STEP`` of the writes' clock.
     """
 
     def __init__(self) -> None:
         self.marks: deque[tuple[float, int]] = deque()
         self.pruned_to: int | None = None
 
-    def advance(self, db: Database, now: float, window: float) -> None:
+    def advance(self, db: Database, index: BandIndex, now: float, window: float) -> None:
         keep = 2 * window
         newest = db.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]
         if self.pruned_to is None:
             self.pruned_to = 0
-            self.marks.append((now - keep, _first_seen_before(db, now - keep)))
+            self.marks.append((now - keep, first_seen_before(db, now - keep)))
         if not self.marks or now - self.marks[-1][0] >= BAND_STEP:
             self.marks.append((now, newest))
         while self.marks and now - self.marks[0][0] >= keep:
             _, upto = self.marks.popleft()
             if upto > self.pruned_to:
-                db.execute("DELETE FROM entry_bands WHERE entry_id > ? AND entry_id <= ?", [self.pruned_to, upto])
+                index.prune(upto)
                 self.pruned_to = upto
 
 
-def _first_seen_before(db: Database, moment: float) -> int:
+def first_seen_before(db: Database, moment: float) -> int:
+    """The newest entry first seen before ``moment``: ids grow with ``first_seen``."""
     cutoff = datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return db.execute("SELECT coalesce(max(id), 0) FROM entries WHERE first_seen < ?", [cutoff]).fetchone()[0]
