@@ -82,10 +82,14 @@ class BandIndex:
 
     def add(self, entries: Iterable[tuple[int, bytes]]) -> None:
         """Index ``(entry id, stored signature)`` pairs."""
+        self.add_keys((entry_id, band_keys(signature)) for entry_id, signature in entries)
+
+    def add_keys(self, entries: Iterable[tuple[int, list[int]]]) -> None:
+        """Index ``(entry id, band keys of its signature)`` pairs."""
         with self.lock:
             recent = self._recent
-            for entry_id, signature in entries:
-                for key in band_keys(signature):
+            for entry_id, keys in entries:
+                for key in keys:
                     found = recent.get(key)
                     if found is None:
                         recent[key] = entry_id

@@ -164,7 +164,7 @@ class BatchIndex:
         self._keys = {fp.signature: band_keys(fp.signature) for fp in fingerprints}
         self._by_key: dict[int, list[int]] = {}
         self._details: dict[int, NearCandidate] = {}
-        self._pending: list[tuple[int, bytes]] = []
+        self._pending: list[tuple[int, list[int]]] = []
         self._load(db, sorted({key for keys in self._keys.values() for key in keys}))
 
     def _load(self, db: Database, keys: list[int]) -> None:
@@ -188,7 +188,7 @@ class BatchIndex:
         self._details[candidate.id] = candidate
         for key in self.keys(candidate.fingerprint):
             self._by_key.setdefault(key, []).append(candidate.id)
-        self._pending.append((candidate.id, candidate.fingerprint.signature))
+        self._pending.append((candidate.id, self.keys(candidate.fingerprint)))
 
     def link(self, db: Database, story_id: int, into: Match) -> None:
         """A story found to be the same as a story begun earlier joins it, members and all
@@ -203,7 +203,7 @@ class BatchIndex:
                 self._details[entry_id] = replace(candidate, duplicate_of=into.original_id)
 
     def flush(self) -> None:
-        self._index.add(self._pending)
+        self._index.add_keys(self._pending)
         self._pending = []
 
 
