@@ -83,7 +83,8 @@ class _Worker:
         assert self.process.stdin is not None
         call = _Call(asyncio.get_running_loop().create_future(), time_limit)
         self.calls.append(call)
-        self.process.stdin.write(len(payload).to_bytes(HEADER, "big") + payload)
+        self.process.stdin.write(len(payload).to_bytes(HEADER, "big"))
+        self.process.stdin.write(payload)
         if len(self.calls) == 1:
             self._start_clock()
         return call.future
@@ -185,8 +186,8 @@ class WorkerPool:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.workers * QUEUED_PER_WORKER)
             self._starting = asyncio.Lock()
-        payload = pickle.dumps((func, args), protocol=pickle.HIGHEST_PROTOCOL)
         async with self._slots:
+            payload = pickle.dumps((func, args), protocol=pickle.HIGHEST_PROTOCOL)  # not held while waiting
             while True:
                 worker = await self._worker_with_room()
                 try:
