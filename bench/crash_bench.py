@@ -287,7 +287,7 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
           f"even rounds killed {args.min_delay}-{args.max_delay}s after the start, odd rounds up to "
           f"{args.after_commit}s after the run's first commit; seed {args.seed}")
     for word in ("integrity", "foreign keys", "duplicate entries", "lost entries", "lost articles", "broken stories",
-                 "full-text index", "stray bands", "orphan workers"):
+                 "full-text index", "orphan workers"):
         print(f"  {word + ':':<20} {report.count(word)} kills with a problem")
     print(f"final pass: exit {report.final_exit} in {report.final_seconds}s; {report.entries} of {report.expected} "
           f"entries stored, {report.missing_after_final} missing; unfinished articles: {report.unfinished_articles or 'none'}")
