@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 import sqlite3
 
 import pytest
@@ -153,3 +154,25 @@ def test_match_url_picks_the_earliest_story():
     assert match_url([Candidate(9, 3)]).original_id == 3
     assert match_url([Candidate(4, None)], own_id=4) is None
     assert match_url([Candidate(8, None)], own_id=4) is None
+
+
+def test_the_newest_stories_are_chosen_without_sorting_every_entrys_text(store):
+    """Under an SQLite heap limit smaller than the stored text, the merged feed's entries still come back:
+    stories are chosen on a few small columns and only the newest are read whole."""
+    rng = random.Random(3)
+    entries = [
+        entry(f"g{i}", f"http://a.test/{i}", title=f"Meldung {i}", published=f"2026-11-{1 + i // 100:02d}T{i % 24:02d}:00:00Z",
+              summary="<p>" + " ".join(f"wort{rng.randrange(100_000)}" for _ in range(1200)) + "</p>")
+        for i in range(1500)
+    ]
+    store.store_feed("http://a.test/feed", feed(*entries), ok("http://a.test/feed"), now=NOW, next_poll_at=LATER)
+    text = store.scalar("SELECT sum(length(summary) + length(summary_text)) FROM entries")
+    assert text > 20_000_000
+    limit = 12_000_000
+    try:
+        assert store.scalar(f"PRAGMA hard_heap_limit = {limit}") == limit
+        newest = store.entries_for_output(None, 20)
+    finally:
+        store.scalar("PRAGMA hard_heap_limit = 0")
+    expected = sorted(entries, key=lambda e: (e.published, -int(e.guid[1:])), reverse=True)[:20]  # stored last to first
+    assert [row.guid for row in newest] == [e.guid for e in expected]

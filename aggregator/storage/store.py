@@ -529,17 +529,19 @@ class Store:
                 return []
             where = f"WHERE e.feed_url IN ({','.join('?' * len(feed_urls))})"
             params = list(feed_urls)
+        # Stories' first members are chosen on a few small columns and only the ``limit`` newest are read
+        # whole: sorting every entry with its text would cost memory and time in proportion to the store.
         sql = f"""
-            WITH members AS (
-                SELECT e.*, row_number() OVER (
-                    PARTITION BY coalesce(e.duplicate_of, e.id) ORDER BY e.id) AS member_rank
+            WITH firsts AS (
+                SELECT min(e.id) AS id, min(coalesce(e.published, e.first_seen), e.first_seen) AS moment
                 FROM entries e {where}
+                GROUP BY coalesce(e.duplicate_of, e.id)
+            ), newest AS (
+                SELECT id, moment FROM firsts ORDER BY moment DESC, id DESC LIMIT ?
             )
             SELECT {_ENTRY_COLUMNS}, f.title AS feed_title, f.site_url AS feed_site_url
-            FROM members e JOIN feeds f ON f.url = e.feed_url
-            WHERE e.member_rank = 1
-            ORDER BY min(coalesce(e.published, e.first_seen), e.first_seen) DESC, e.id DESC
-            LIMIT ?
+            FROM newest n JOIN entries e ON e.id = n.id JOIN feeds f ON f.url = e.feed_url
+            ORDER BY n.moment DESC, n.id DESC
         """
         rows = self.db.execute(sql, [*params, limit]).fetchall()
         return [EntryRow(*row) for row in rows]
