@@ -89,7 +89,7 @@ def test_threaded_writer_stores_on_its_own_thread_and_connection(store: Store, m
 
     def recording(self: Store, writes):
         threads.append(threading.current_thread().name)
-        settings.append((self.scalar("PRAGMA cache_size"), self.scalar("PRAGMA wal_autocheckpoint")))
+        settings.append((self.scalar("PRAGMA cache_size"), self.scalar("PRAGMA wal_autocheckpoint"), self.scalar("PRAGMA temp_store")))
         return real(self, writes)
 
     async def main() -> list[StoreCounts | BaseException]:
@@ -106,8 +106,9 @@ def test_threaded_writer_stores_on_its_own_thread_and_connection(store: Store, m
     first, failed, last = asyncio.run(main())
     assert (first.new, last.new) == (1, 1) and isinstance(failed, StorageError)
     assert threads and all(name.startswith("store-writer") for name in threads)
-    assert settings and all(s == (-1024 * CACHE_MIB, WAL_CHECKPOINT_PAGES) for s in settings)  # a cache of its own
+    assert settings and all(s == (-1024 * CACHE_MIB, WAL_CHECKPOINT_PAGES, 2) for s in settings)  # a cache of its own
     assert store.scalar("PRAGMA cache_size") == -2000  # the loop's connection keeps SQLite's default
+    assert store.scalar("PRAGMA temp_store") == 0  # and a large sort goes to a temporary file
     assert guids(store) == {(A, "1"), (B, "2")}
 
 

@@ -184,7 +184,8 @@ class Store:
     @classmethod
     def open(cls, path: str | Path, *, cache_mib: int | None = None) -> Store:
         """Open (creating and migrating) the store at ``path``; ``cache_mib`` sizes SQLite's page cache
-        of this connection (default 2 MiB): worth it for a connection that writes a lot."""
+        of this connection (default 2 MiB) and keeps its temporary data (savepoint journals) in memory:
+        worth it for a connection that writes a lot. Other connections spill a large sort to a file."""
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,10 +194,10 @@ class Store:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_SECONDS * 1000}")
             db.enable_wal()
             db.execute("PRAGMA synchronous = NORMAL")
-            db.execute("PRAGMA temp_store = MEMORY")
             db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
             if cache_mib is not None:
                 db.execute(f"PRAGMA cache_size = {-1024 * cache_mib}")
+                db.execute("PRAGMA temp_store = MEMORY")
             db.execute("PRAGMA foreign_keys = ON")
             migrations.apply(db)
         except (sqlite3.Error, OSError) as e:
