@@ -555,6 +555,19 @@ def test_a_writer_finds_the_stories_another_process_stored_meanwhile(http, write
         assert (copy["duplicate_of"], copy["duplicate_rule"]) == (original, "near-duplicate")
 
 
+def test_a_store_upgraded_from_the_band_table_finds_its_stories(tmp_path: Path) -> None:
+    """m013 drops entry_bands; the index is built from the fingerprints already stored."""
+    with open_store(tmp_path / "agg.db") as store:
+        store_file(store, "rheinblick.xml")
+        store.db.execute("CREATE TABLE entry_bands (key INTEGER NOT NULL, entry_id INTEGER NOT NULL, PRIMARY KEY (key, entry_id))")
+        store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm013_band_index_in_memory'")
+    with open_store(tmp_path / "agg.db") as store:
+        assert "entry_bands" not in store.db.table_names()
+        store_file(store, "tageblatt.xml")
+        original = entry_row(store, "rheinblick.xml", BRIDGE["rheinblick.xml"])
+        assert entry_row(store, "tageblatt.xml", BRIDGE["tageblatt.xml"])["duplicate_of"] == original["id"]
+
+
 def test_stores_of_one_file_share_its_band_index_until_the_last_closes(tmp_path: Path) -> None:
     first, second = open_store(tmp_path / "agg.db"), open_store(tmp_path / "agg.db")
     assert first.bands is second.bands
