@@ -114,13 +114,23 @@ def fingerprint_of(title: str | None, body: str | None) -> Fingerprint | None:
 
     A changed headline then does not hide a republished report.
     """
-    from .similarity import signature, to_bytes, words
+    return fingerprints_of([(title, body)])[0]
 
-    tokens = words(body) if body else []
-    if len(tokens) < BODY_MIN_WORDS:
-        tokens = words(title or "") + tokens
-    sig = signature(tokens)
-    return Fingerprint(to_bytes(sig), len(tokens)) if sig is not None else None
+
+def fingerprints_of(texts: Sequence[tuple[str | None, str | None]]) -> list[Fingerprint | None]:
+    """:func:`fingerprint_of` each ``(title, body)``, the signatures computed together."""
+    from .similarity import signatures, to_bytes, words
+
+    token_lists = []
+    for title, body in texts:
+        tokens = words(body) if body else []
+        if len(tokens) < BODY_MIN_WORDS:
+            tokens = words(title or "") + tokens
+        token_lists.append(tokens)
+    return [
+        Fingerprint(to_bytes(sig), len(tokens)) if sig is not None else None
+        for sig, tokens in zip(signatures(token_lists), token_lists, strict=True)
+    ]
 
 
 def match_near(

@@ -27,7 +27,7 @@ import feedparser.mixin
 import feedparser.urls
 from feedparser.util import FeedParserDict
 
-from .dedup import body_text, boilerplate, fingerprint_of
+from .dedup import Fingerprint, body_text, boilerplate, fingerprint_of, fingerprints_of
 from .documents import HtmlPage, feed_links, looks_like_html, prepared
 from .exceptions import ParseError
 from .sanitize import html_blocks, plain_text, sanitize_html
@@ -161,7 +161,10 @@ def keyed_entries(entries: Sequence[ParsedEntry]) -> tuple[ParsedEntry, ...]:
     """A feed document's entries, each keyed; fingerprints leave out the paragraphs the feed repeats."""
     blocks = [(html_blocks(e.summary), html_blocks(e.content)) for e in entries]
     repeated = boilerplate([content or summary for summary, content in blocks])
-    return tuple(keyed(e, repeated, b) for e, b in zip(entries, blocks, strict=True))
+    prints = fingerprints_of(
+        [(e.title, body_text(content or summary, repeated)) for e, (summary, content) in zip(entries, blocks, strict=True)]
+    )
+    return tuple(_keyed(e, b, p) for e, b, p in zip(entries, blocks, prints, strict=True))
 
 
 def _entry(raw: dict[str, Any], feed_url: str) -> ParsedEntry:
@@ -194,14 +197,19 @@ def keyed(
     """The entry with what the store recognises it by: canonical URL, content hash, text fingerprint
     (of its text without ``repeated``, the paragraphs its feed carries in many entries), and the
     words of its summary and content (``blocks``, when already split into paragraphs)."""
+    summary, content = blocks or (html_blocks(entry.summary), html_blocks(entry.content))
+    return _keyed(entry, (summary, content), fingerprint_of(entry.title, body_text(content or summary, repeated)))
+
+
+def _keyed(entry: ParsedEntry, blocks: tuple[list[str], list[str]], fingerprint: Fingerprint | None) -> ParsedEntry:
     parts = (entry.title, entry.link, entry.author, entry.published, entry.updated, entry.summary, entry.content)
     digest = hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
-    summary, content = blocks or (html_blocks(entry.summary), html_blocks(entry.content))
+    summary, content = blocks
     return replace(
         entry,
         url=canonical_url(entry.link) if entry.link else None,
         content_hash=digest,
-        fingerprint=fingerprint_of(entry.title, body_text(content or summary, repeated)),
+        fingerprint=fingerprint,
         summary_text=" ".join(summary) or None,
         content_text=" ".join(content) or None,
     )

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 import unicodedata
 import zlib
+from collections.abc import Sequence
+from itertools import chain
 
 import numpy as np
 
@@ -29,6 +31,7 @@ _A = _RANDOM.integers(1, 1 << 63, size=PERMUTATIONS, dtype=np.uint64) * np.uint6
 _B = _RANDOM.integers(0, 1 << 63, size=PERMUTATIONS, dtype=np.uint64)
 _SHIFT = np.uint64(32)
 _LOW32 = np.uint64(0xFFFFFFFF)
+_BATCH_TOKENS = 8192  # words hashed together, at most: a table of 8,192 x 64 values is 4 MiB
 
 
 class _Vocabulary(dict[str, int]):
@@ -69,12 +72,59 @@ def shingles(tokens: list[str]) -> np.ndarray:
 
 def signature(tokens: list[str]) -> np.ndarray | None:
     """The MinHash signature (64 values below 2**32), None for a text without words."""
+    return signatures([tokens])[0]
+
+
+def signatures(texts: Sequence[list[str]]) -> list[np.ndarray | None]:
+    """:func:`signature` of each text, computed together: a feed's entries cost a few array operations
+    instead of a dozen each. Shingles repeated in a text do not change its minimum, so none are dropped."""
+    found: list[np.ndarray | None] = [None] * len(texts)
+    batch: list[int] = []
+    size = 0
+    for index, tokens in enumerate(texts):
+        if len(tokens) > _BATCH_TOKENS:
+            found[index] = _long_signature(tokens)
+            continue
+        if size + len(tokens) > _BATCH_TOKENS:
+            _sign(texts, batch, found)
+            batch, size = [], 0
+        if tokens:
+            batch.append(index)
+            size += len(tokens)
+    if batch:
+        _sign(texts, batch, found)
+    return found
+
+
+def _long_signature(tokens: list[str]) -> np.ndarray:
+    """A long text's signature, its distinct shingles hashed ``_BATCH_TOKENS`` at a time."""
     hashed = shingles(tokens)
-    if len(hashed) == 0:
-        return None
+    minimum = np.full(PERMUTATIONS, np.iinfo(np.uint64).max, dtype=np.uint64)
+    for start in range(0, len(hashed), _BATCH_TOKENS):
+        with np.errstate(over="ignore"):
+            values = (hashed[start : start + _BATCH_TOKENS, None] * _A[None, :] + _B[None, :]) >> _SHIFT
+        np.minimum(minimum, values.min(axis=0), out=minimum)
+    return minimum.astype(np.uint32)
+
+
+def _sign(texts: Sequence[list[str]], batch: list[int], found: list[np.ndarray | None]) -> None:
+    lengths = np.fromiter((len(texts[i]) for i in batch), dtype=np.int64, count=len(batch))
+    total = int(lengths.sum())
+    ids = np.fromiter(map(_HASHES.__getitem__, chain.from_iterable(texts[i] for i in batch)), dtype=np.uint64, count=total)
+    ends = np.cumsum(lengths)
+    last = np.zeros(total, dtype=bool)
+    last[ends - 1] = True  # the last word of a text starts no pair
+    with np.errstate(over="ignore"):
+        combined = ids[:-1] * np.uint64(0x9E3779B1) + ids[1:]
+    pairs = np.append((combined ^ (combined >> np.uint64(29))) & _LOW32, np.uint64(0))
+    single = np.repeat(lengths == 1, lengths)  # a one-word text is its word
+    keep = ~last | single
+    hashed = np.where(single, ids, pairs)[keep]
+    starts = np.concatenate(([0], np.cumsum(np.maximum(lengths - 1, 1))[:-1]))
     with np.errstate(over="ignore"):
         values = (hashed[:, None] * _A[None, :] + _B[None, :]) >> _SHIFT
-    return values.min(axis=0).astype(np.uint32)
+    for index, row in zip(batch, np.minimum.reduceat(values, starts, axis=0).astype(np.uint32), strict=True):
+        found[index] = row
 
 
 def to_bytes(sig: np.ndarray) -> bytes:

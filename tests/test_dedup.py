@@ -723,3 +723,28 @@ def test_a_large_first_load_is_merged_as_it_goes(monkeypatch) -> None:
     assert index._recent_rows < 64 and sum(len(band) for band in index._hashes) >= 50 * 16 - 64
     assert all(index.find(band_keys(sig)) for sig in signatures)
     assert index.entry_ids() == set(range(1, 51))
+
+
+def test_signatures_of_a_feed_are_each_texts_minhash(monkeypatch) -> None:
+    """Computed together (and in slices for a long text), each signature is the minimum over the text's
+    shingles of each hash function, as for the text alone."""
+    import numpy as np
+
+    from aggregator import similarity
+
+    monkeypatch.setattr(similarity, "_BATCH_TOKENS", 50)
+
+    def alone(tokens: list[str]):
+        hashed = similarity.shingles(tokens)
+        if not len(hashed):
+            return None
+        with np.errstate(over="ignore"):
+            return ((hashed[:, None] * similarity._A[None, :] + similarity._B[None, :]) >> similarity._SHIFT).min(axis=0)
+
+    rng = random.Random(4)
+    vocabulary = ["Brücke", "straße", "über", *(f"w{i}" for i in range(300))]
+    texts = [[rng.choice(vocabulary) for _ in range(n)] for n in (0, 1, 2, 3, 7, 49, 50, 51, 120, 1, 0, 30, 30, 30)]
+    for tokens, together in zip(texts, similarity.signatures(texts), strict=True):
+        expected = alone(tokens)
+        assert (together is None) == (expected is None)
+        assert together is None or (together.dtype == np.uint32 and np.array_equal(together, expected)), len(tokens)
