@@ -14,6 +14,7 @@ import click
 from . import __version__
 from .config import load_config, resolve_config_path
 from .exceptions import AggregatorError, ConfigError, StorageError
+from .fetch import preload_tls
 from .logs import FORMATS, setup_logging
 from .generate import write_outputs
 from .pipeline import PassSummary, poll_feeds, select_feeds
@@ -83,6 +84,7 @@ def poll(config_path: str | None, feed_urls: tuple[str, ...], as_json: bool) -> 
 
     Exits 0 when the pass ran, even if some feeds failed (they are reported).
     """
+    preload_tls()
     with failures():
         config = open_config(config_path)
         feeds = select_feeds(config, feed_urls)
@@ -116,6 +118,7 @@ def run(config_path: str | None, run_log_level: str | None, run_log_format: str 
     """
     from .daemon import Daemon
 
+    preload_tls()
     settings = click.get_current_context().obj or {}
     setup_logging(run_log_level or settings.get("log_level") or "info", run_log_format or settings.get("log_format", "text"))
     with failures():

@@ -11,7 +11,9 @@ import asyncio
 import errno
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,9 +86,40 @@ def guarded_socket_factory(allow_private: bool) -> Callable[[Any], socket.socket
     return create
 
 
+_tls: Future[ssl.SSLContext] | None = None
+_tls_lock = threading.Lock()
+
+
+def preload_tls() -> None:
+    """Start making the TLS context in a thread of its own: OpenSSL reads the CA bundle (20-25 ms) without
+    Python's lock, so a command reads its configuration and opens the store meanwhile."""
+    _tls_made()
+
+
+def tls_context() -> ssl.SSLContext:
+    """The client TLS context with certifi's CA bundle, made once per process and shared by every fetcher."""
+    return _tls_made().result()
+
+
+def _tls_made() -> Future[ssl.SSLContext]:
+    global _tls
+    with _tls_lock:
+        if _tls is None:
+            _tls = Future()
+            threading.Thread(target=_make_tls, args=(_tls,), name="tls-context", daemon=True).start()
+        return _tls
+
+
+def _make_tls(made: Future[ssl.SSLContext]) -> None:
+    try:
+        made.set_result(ssl.create_default_context(cafile=certifi.where()))
+    except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the context
+        made.set_exception(e)
+
+
 def guarded_transport(settings: FetchSettings) -> httpx.AsyncBaseTransport:
     """httpx over aiohttp: far less CPU per request than httpcore's pool at high concurrency."""
-    ssl_context = ssl.create_default_context(cafile=certifi.where())
+    ssl_context = tls_context()
 
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 import time
 from typing import Any
 
 import pytest
+from server import FixtureServer
 
 from aggregator.exceptions import FetchError, RefusedAddressError
 from aggregator.fetch import FEED_ACCEPT, Fetcher, FetchSettings
 from aggregator.netguard import refusal
 from aggregator.types import FetchResult
-from server import FixtureServer
 
 FEED = b"<?xml version='1.0'?><rss version='2.0'><channel><title>t</title></channel></rss>"
 AGENT = "aggregator-tests/9.9 (+http://127.0.0.1/about)"
@@ -398,17 +399,25 @@ def test_refusal_teredo_unwraps_to_client_address() -> None:
     assert why is not None and "metadata" in why
 
 
-def test_one_tls_context_per_fetcher(monkeypatch) -> None:
-    """Loading the CA bundle costs more than a hundred 304s: the transport reuses the fetcher's context."""
+def test_one_tls_context_per_process(monkeypatch) -> None:
+    """Loading the CA bundle costs more than a hundred 304s: it is loaded once, in a thread, and every
+    fetcher's transport and connections use that context."""
     import ssl
 
-    made: list[int] = []
+    from aggregator import fetch
+
+    made: list[str] = []
     real = ssl.create_default_context
 
     def counting(*args, **kwargs):
-        made.append(1)
+        made.append(threading.current_thread().name)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ssl, "create_default_context", counting)
-    Fetcher(FetchSettings(timeout=1.0, allow_private=True, user_agent=AGENT))
-    assert len(made) == 1
+    monkeypatch.setattr(fetch, "_tls", None)
+    fetch.preload_tls()
+    first = Fetcher(FetchSettings(timeout=1.0, allow_private=True, user_agent=AGENT))
+    second = Fetcher(FetchSettings(timeout=1.0, allow_private=True, user_agent=AGENT))
+    assert made == ["tls-context"]
+    context = fetch.tls_context()
+    assert first._client._transport.ssl_context is context and second._client._transport.ssl_context is context
