@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import islice
 from dataclasses import dataclass
 
 RULE_URL = "url"
@@ -84,6 +85,7 @@ class NearCandidate:
 
 
 BODY_MIN_WORDS = 30
+FINGERPRINT_BATCH = 256
 BOILERPLATE_MIN_ENTRIES = 3
 BOILERPLATE_SHARE = 0.3
 def boilerplate(documents: Sequence[Sequence[str]]) -> frozenset[str]:
@@ -117,20 +119,25 @@ def fingerprint_of(title: str | None, body: str | None) -> Fingerprint | None:
     return fingerprints_of([(title, body)])[0]
 
 
-def fingerprints_of(texts: Sequence[tuple[str | None, str | None]]) -> list[Fingerprint | None]:
-    """:func:`fingerprint_of` each ``(title, body)``, the signatures computed together."""
+def fingerprints_of(texts: Iterable[tuple[str | None, str | None]]) -> list[Fingerprint | None]:
+    """:func:`fingerprint_of` each ``(title, body)``, the signatures computed together, ``FINGERPRINT_BATCH``
+    texts at a time (the words of a feed of 10,000 items are not all held at once)."""
     from .similarity import signatures, to_bytes, words
 
-    token_lists = []
-    for title, body in texts:
-        tokens = words(body) if body else []
-        if len(tokens) < BODY_MIN_WORDS:
-            tokens = words(title or "") + tokens
-        token_lists.append(tokens)
-    return [
-        Fingerprint(to_bytes(sig), len(tokens)) if sig is not None else None
-        for sig, tokens in zip(signatures(token_lists), token_lists, strict=True)
-    ]
+    found: list[Fingerprint | None] = []
+    pending = iter(texts)
+    while batch := list(islice(pending, FINGERPRINT_BATCH)):
+        token_lists = []
+        for title, body in batch:
+            tokens = words(body) if body else []
+            if len(tokens) < BODY_MIN_WORDS:
+                tokens = words(title or "") + tokens
+            token_lists.append(tokens)
+        found += [
+            Fingerprint(to_bytes(sig), len(tokens)) if sig is not None else None
+            for sig, tokens in zip(signatures(token_lists), token_lists, strict=True)
+        ]
+    return found
 
 
 def match_near(

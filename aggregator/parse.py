@@ -162,7 +162,7 @@ def keyed_entries(entries: Sequence[ParsedEntry]) -> tuple[ParsedEntry, ...]:
     blocks = [(html_blocks(e.summary), html_blocks(e.content)) for e in entries]
     repeated = boilerplate([content or summary for summary, content in blocks])
     prints = fingerprints_of(
-        [(e.title, body_text(content or summary, repeated)) for e, (summary, content) in zip(entries, blocks, strict=True)]
+        (e.title, body_text(content or summary, repeated)) for e, (summary, content) in zip(entries, blocks, strict=True)
     )
     return tuple(_keyed(e, b, p) for e, b, p in zip(entries, blocks, prints, strict=True))
 

@@ -748,3 +748,12 @@ def test_signatures_of_a_feed_are_each_texts_minhash(monkeypatch) -> None:
         expected = alone(tokens)
         assert (together is None) == (expected is None)
         assert together is None or (together.dtype == np.uint32 and np.array_equal(together, expected)), len(tokens)
+
+
+def test_fingerprints_of_many_texts_are_each_texts_fingerprint(monkeypatch) -> None:
+    from aggregator import dedup
+
+    monkeypatch.setattr(dedup, "FINGERPRINT_BATCH", 3)
+    rng = random.Random(6)
+    texts = [(f"Titel {i}", " ".join(f"wort{rng.randrange(500)}" for _ in range(rng.choice([0, 5, 40, 90])))) for i in range(10)]
+    assert dedup.fingerprints_of(iter(texts)) == [fingerprint_of(title, body) for title, body in texts]
