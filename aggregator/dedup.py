@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 
 RULE_URL = "url"
 

@@ -404,18 +404,22 @@ def format_self_reported(results: BenchResults) -> list[str]:
 def format_cpu(results: BenchResults) -> list[str]:
     """CPU time of the cold passes, and the best cold speed-up that much CPU allows on this machine's cores."""
     ours = [r.cold_cpu_s for r in results.ours_runs if r.cold_cpu_s]
-    reader = results.reader_best()
-    if not ours or reader is None:
+    per_workers = results.reader_by_workers()
+    if not ours or not per_workers:
         return []
     cores = len(os.sched_getaffinity(0))
-    workers = int(reader.label.split("cold w=")[1].split(",")[0])
+    workers = min(per_workers, key=lambda w: per_workers[w].cold_s)  # as reader_best() chooses
     theirs = median([r.cold_cpu_s for r in results.reader_runs if r.workers == workers and r.cold_cpu_s])
-    ceiling = reader.cold_s / (median(ours) / cores)
+    ceiling = per_workers[workers].cold_s / (median(ours) / cores)
     return [
-        f"cold pass CPU time (median): aggregator {median(ours):.2f}s (CLI process and its workers, start-up included), "
-        f"reader w={workers} {theirs:.2f}s (update_feeds() in-process)",
-        f"with that much CPU on {cores} core(s), the best cold speed-up possible is {ceiling:.2f}x "
-        f"(reader's cold time / our CPU time per core)",
+        (
+            f"cold pass CPU time (median): aggregator {median(ours):.2f}s (CLI process and its workers, start-up "
+            f"included), reader w={workers} {theirs:.2f}s (update_feeds() in-process)"
+        ),
+        (
+            f"with that much CPU on {cores} core(s), the best cold speed-up possible is {ceiling:.2f}x "
+            "(reader's cold time / our CPU time per core)"
+        ),
     ]
 
 

@@ -169,8 +169,9 @@ def test_base_resolution_is_memoised_and_each_document_keeps_its_own_base():
 
 
 def test_content_parameters_are_copied_per_entry():
-    from aggregator.parse import _content_params_copy
     from feedparser.util import FeedParserDict
+
+    from aggregator.parse import _content_params_copy
 
     params = FeedParserDict(type="text/html", language="de", base="http://one.test/", value=None)
     copied = _content_params_copy(params)
