@@ -169,7 +169,7 @@ class Store:
             return
         self._clock, self._bands_current = time.time(), False
         bands = self._band_index(db)
-        stories.save_fingerprint(db, bands, entry_id, fingerprint, banded=True)
+        stories.save_fingerprint(db, entry_id, fingerprint, bands)
         stories.reevaluate_near(db, bands, entry_id, self.dedup)
 
     def _band_index(self, db: Database) -> BandIndex:
@@ -316,10 +316,10 @@ class Store:
                         self._store_one(write, index) if isinstance(write, FeedWrite) else self._store_state(db, write)
                         for write in writes
                     ]
+                newest = 0
                 if self.dedup.enabled:
-                    self._horizon.advance(db, self.bands, self._clock, self.dedup.window)
-                newest = self.scalar("SELECT coalesce(max(id), 0) FROM entries") if self._bands_current else None
-            if newest is not None:
+                    newest = self._horizon.advance(db, self.bands, self._clock, self.dedup.window)
+            if self._bands_current:  # only with dedup on: the index is used for near duplicates alone
                 self.bands.committed(newest)
             return outcomes
         finally:
@@ -494,8 +494,8 @@ class Store:
              entry.summary, entry.content, entry.summary_text, entry.content_text, entry.language, now,
              entry.content_hash, entry_id],
         )
-        banded = self.near_duplicates(feed_url)
-        stories.save_fingerprint(db, self._band_index(db) if banded else self.bands, entry_id, entry.fingerprint, banded=banded)
+        banded = self._band_index(db) if self.near_duplicates(feed_url) else None
+        stories.save_fingerprint(db, entry_id, entry.fingerprint, banded)
         match = self._reevaluate(db, entry_id, entry.url, feed_url)
         if full_text:
             status, reason = _extraction_state(entry, match, full_text)

@@ -46,17 +46,15 @@ def _near_candidates(db: Database, ids: list[int]) -> dict[int, NearCandidate]:
     return found
 
 
-def save_fingerprint(
-    db: Database, index: BandIndex, entry_id: int, fingerprint: Fingerprint | None, *, banded: bool
-) -> None:
-    """Record an entry's fingerprint; ``banded`` entries can be found by later ones (the keys of its
+def save_fingerprint(db: Database, entry_id: int, fingerprint: Fingerprint | None, index: BandIndex | None) -> None:
+    """Record an entry's fingerprint; with an ``index``, later entries can find it there (the keys of its
     old fingerprint stay in the index: they only propose a candidate that no longer matches)."""
     old = db.execute("SELECT fingerprint FROM entries WHERE id = ?", [entry_id]).fetchone()
     db.execute(
         "UPDATE entries SET fingerprint = ?, fingerprint_words = ? WHERE id = ?",
         [fingerprint.signature if fingerprint else None, fingerprint.words if fingerprint else None, entry_id],
     )
-    if fingerprint is not None and banded and (old is None or old[0] != fingerprint.signature):
+    if fingerprint is not None and index is not None and (old is None or old[0] != fingerprint.signature):
         index.add([(entry_id, fingerprint.signature)])
 
 
@@ -222,7 +220,8 @@ class BandHorizon:
         self.marks: deque[tuple[float, int]] = deque()
         self.pruned_to: int | None = None
 
-    def advance(self, db: Database, index: BandIndex, now: float, window: float) -> None:
+    def advance(self, db: Database, index: BandIndex, now: float, window: float) -> int:
+        """Move the horizon on to ``now``; the newest entry stored, which the caller's transaction wrote last."""
         keep = 2 * window
         newest = db.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]
         if self.pruned_to is None:
@@ -235,6 +234,7 @@ class BandHorizon:
             if upto > self.pruned_to:
                 index.prune(upto)
                 self.pruned_to = upto
+        return newest
 
 
 def first_seen_before(db: Database, moment: float) -> int:
