@@ -101,10 +101,17 @@ def _long_signature(tokens: list[str]) -> np.ndarray:
     hashed = shingles(tokens)
     minimum = np.full(PERMUTATIONS, np.iinfo(np.uint64).max, dtype=np.uint64)
     for start in range(0, len(hashed), _BATCH_TOKENS):
-        with np.errstate(over="ignore"):
-            values = (hashed[start : start + _BATCH_TOKENS, None] * _A[None, :] + _B[None, :]) >> _SHIFT
-        np.minimum(minimum, values.min(axis=0), out=minimum)
+        np.minimum(minimum, _hashed(hashed[start : start + _BATCH_TOKENS]).min(axis=0), out=minimum)
     return minimum.astype(np.uint32)
+
+
+def _hashed(values: np.ndarray) -> np.ndarray:
+    """Each value under each of the ``PERMUTATIONS`` hash functions, one row per value. Computed in place:
+    a shift that makes a new array of this size costs ten times the multiplication."""
+    table = np.multiply.outer(values, _A)
+    table += _B
+    table >>= _SHIFT
+    return table
 
 
 def _sign(texts: Sequence[list[str]], batch: list[int], found: list[np.ndarray | None]) -> None:
@@ -121,9 +128,7 @@ def _sign(texts: Sequence[list[str]], batch: list[int], found: list[np.ndarray |
     keep = ~last | single
     hashed = np.where(single, ids, pairs)[keep]
     starts = np.concatenate(([0], np.cumsum(np.maximum(lengths - 1, 1))[:-1]))
-    with np.errstate(over="ignore"):
-        values = (hashed[:, None] * _A[None, :] + _B[None, :]) >> _SHIFT
-    for index, row in zip(batch, np.minimum.reduceat(values, starts, axis=0).astype(np.uint32), strict=True):
+    for index, row in zip(batch, np.minimum.reduceat(_hashed(hashed), starts, axis=0).astype(np.uint32), strict=True):
         found[index] = row
 
 
