@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
+from .timeutil import parse_iso
+
 MAX_RETRY_AFTER = timedelta(days=7)
 MAX_PUBLISHER_HINT = timedelta(days=1)
 MAX_BACKOFF = timedelta(days=1)
@@ -104,7 +106,7 @@ def publish_interval(published: Iterable[str | None]) -> float | None:
 
 def _iso(text: str) -> datetime | None:
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return parse_iso(text)
     except ValueError:
         return None
 

@@ -106,3 +106,14 @@ def test_article_retries():
     assert first == NOW + timedelta(minutes=15)
     assert article_retry_at(2, NOW, max_attempts=5) == NOW + timedelta(hours=1)
     assert article_retry_at(5, NOW, max_attempts=5) is None
+
+
+def test_store_times_parse_to_the_moment_they_name_and_nothing_else_parses() -> None:
+    from aggregator.timeutil import iso, parse_iso
+
+    moment = datetime(2024, 2, 29, 23, 59, 58, tzinfo=UTC)
+    assert parse_iso(iso(moment)) == moment and parse_iso(iso(moment)).tzinfo is UTC
+    for text in ("2024-2-29T23:59:58Z", "2024-02-29T23:59:58", "2024-02-30T00:00:00Z", "2024-02-29 23:59:58Z",
+                 "２０２４-02-29T23:59:58Z", "2024-02-29T23:59:58+00:00", ""):
+        with pytest.raises(ValueError):
+            parse_iso(text)

@@ -10,6 +10,7 @@ from sqlite_utils import Database
 
 from ..dedup import DedupSettings, Fingerprint, Match, NearCandidate, match_near
 from ..similarity import band_keys
+from ..timeutil import parse_iso
 from .bands import BandIndex
 
 MAX_CANDIDATES = 200
@@ -19,7 +20,7 @@ def moment(published: str | None, first_seen: str) -> float:
     """When an entry happened, for the time window: its publication date, else when it was first seen."""
     for text in (published, first_seen):
         try:
-            return datetime.strptime(text or "", "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+            return parse_iso(text or "").timestamp()
         except ValueError:
             continue
     return 0.0
