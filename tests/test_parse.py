@@ -168,6 +168,30 @@ def test_base_resolution_is_memoised_and_each_document_keeps_its_own_base():
     assert feedparser.mixin.make_safe_absolute_uri.cache_info().hits > 0
 
 
+def test_feedparser_dicts_answer_plain_keys_directly_and_aliases_as_before():
+    import feedparser
+    from feedparser.util import FeedParserDict
+
+    assert FeedParserDict.get.__module__ == "aggregator.parse"
+    with pytest.warns(DeprecationWarning):
+        entry = feedparser.parse(
+            b"""<rss version="2.0"><channel><title>t</title><item><guid>1</guid><title>a</title>
+            <description>Stra\xc3\x9fe</description><category>Lokales</category><pubDate>Fri, 01 Nov 2024 08:26:00 GMT</pubDate>
+            <enclosure url="http://one.test/a.mp3" type="audio/mpeg" length="1"/></item></channel></rss>"""
+        ).entries[0]
+        assert entry["updated"] == entry["published"]  # feedparser's fallback, with its warning
+    assert entry.get("summary") == entry["description"] == "Straße" and entry.get("description") == "Straße"
+    assert entry["category"] == "Lokales" and "category" in entry and entry.get("guid") == "1"
+    assert entry["enclosures"][0]["href"] == "http://one.test/a.mp3" and entry.get("license") is None
+    assert entry.get("missing", "default") == "default" and "missing" not in entry and not entry.has_key("missing")
+    with pytest.raises(KeyError):
+        entry["missing"]
+    entry["description"] = "neu"
+    assert dict.__getitem__(entry, "summary") == "neu" and not dict.__contains__(entry, "description")
+    with pytest.raises(AttributeError):
+        entry.missing
+
+
 def test_content_parameters_are_copied_per_entry():
     from feedparser.util import FeedParserDict
 
