@@ -30,12 +30,11 @@ from feedparser.util import FeedParserDict
 from .dedup import Fingerprint, body_text, boilerplate, fingerprint_of, fingerprints_of
 from .documents import HtmlPage, feed_links, looks_like_html, prepared
 from .exceptions import ParseError
-from .sanitize import html_blocks, plain_text, sanitize_html
+from .sanitize import collapse_space, html_blocks, plain_text, sanitize_html
 from .schedule import feed_ttl, publish_interval
 from .types import ParsedEntry, ParsedFeed
 from .urls import absolute_url, canonical_url
 
-_SPACE = re.compile(r"\s+")
 _XML_POSITION = re.compile(r"^<unknown>:(\d+):(\d+):")
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 TITLE_MAX = 1000
@@ -338,7 +337,7 @@ def _clean_space(value: Any) -> str | None:
     value = _printable(value)
     if value is None:
         return None
-    return _SPACE.sub(" ", value).strip() or None
+    return collapse_space(value) or None
 
 
 def _author(raw: Any) -> str | None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from aggregator.sanitize import plain_text, sanitize_html
+from aggregator.sanitize import html_blocks, plain_text, sanitize_html
 
 VECTORS = [
     '<script>alert(1)</script>',
@@ -64,3 +64,18 @@ def test_each_base_url_resolves_its_own_relative_links():
     assert 'href="https://two.test/a/b/story"' in two and 'cite="https://two.test/quelle"' in two
     assert again == one
     assert sanitize_html(markup) == '<p><a rel="noopener noreferrer">x</a> <img> <q>»Zitat«</q></p>'
+
+
+def test_whitespace_collapses_as_the_unicode_pattern_does() -> None:
+    import re
+    import sys
+
+    from aggregator.sanitize import collapse_space
+
+    spaces = [c for c in map(chr, range(sys.maxunicode + 1)) if re.fullmatch(r"\s", c)]
+    assert {"\u00a0", "\u2003", "\u3000", "\x1c", "\x85"} <= set(spaces)
+    for space in spaces:
+        text = f"{space}Grüße{space * 2}»aus«{space}Köln{space}"
+        assert collapse_space(text) == re.sub(r"\s+", " ", text).strip() == "Grüße »aus« Köln"
+    assert collapse_space("a\u200bb") == "a\u200bb"  # a zero-width space is no space
+    assert html_blocks("<p>Brü<b>cke</b>\u00a0\u00a0gesperrt</p><p> </p><p>Ende</p>") == ["Brücke gesperrt", "Ende"]
