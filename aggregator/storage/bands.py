@@ -11,8 +11,8 @@ It is loaded when a write first needs it and, at the start of every write transa
 entries stored since it last looked, by this process or another (ids only grow). Kept as a table,
 its 16 rows per entry at random keys rewrote most of the table's pages at every commit.
 
-Each band's keys live in two numpy arrays sorted by the key's hash (12 bytes a row) and, since
-the last merge, in a dict.
+The keys live in two numpy arrays sorted by key (16 bytes a row: one lookup for all the keys of a
+feed's entries) and, since the last merge, in a dict.
 One index per database file and process, shared by the stores open on it, under a lock.
 """
 
@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 from sqlite_utils import Database
 
-from ..similarity import BANDS, band_keys
+from ..similarity import band_keys
 
 MERGE_ROWS = 1 << 15  # keys added since the last merge, kept in a dict until there are this many
-_LOW32 = 0xFFFFFFFF
 
 _shared: dict[str, tuple[BandIndex, int]] = {}  # per database file: the index, and the stores using it
 _shared_lock = threading.Lock()
@@ -37,10 +36,12 @@ _shared_lock = threading.Lock()
 class BandIndex:
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        # per band: the 32-bit hashes of its rows, sorted, and the entry of each (12 bytes a row)
-        self._hashes = [np.empty(0, dtype=np.uint32) for _ in range(BANDS)]
-        self._ids = [np.empty(0, dtype=np.int64) for _ in range(BANDS)]
+        # every row's key, sorted, and the entry of each
+        self._keys = np.empty(0, dtype=np.uint64)
+        self._ids = np.empty(0, dtype=np.int64)
         self._recent: dict[int, int | list[int]] = {}  # key -> entry (entries), since the last merge
+        self._recent_keys: list[int] = []  # the same rows in the order they came, for the merge
+        self._recent_ids: list[int] = []
         self._recent_rows = 0
         self._floor = 0  # entries up to this id are outside the horizon
         self.seen: int | None = None  # every entry up to this id has been read (None: not loaded yet)
@@ -97,7 +98,9 @@ class BandIndex:
                         found.append(entry_id)
                     else:
                         recent[key] = [found, entry_id]
-                self._recent_rows += BANDS
+                self._recent_keys += keys
+                self._recent_ids += [entry_id] * len(keys)
+                self._recent_rows += len(keys)
                 if self._recent_rows >= MERGE_ROWS:  # a store's first load, too, goes in steps
                     self._merge()
                     recent = self._recent
@@ -106,19 +109,13 @@ class BandIndex:
         """The entries under each of ``keys`` (those with none left out), oldest first."""
         with self.lock:
             found: dict[int, list[int]] = {}
-            by_band: dict[int, list[int]] = {}
-            for key in keys:
-                by_band.setdefault(key >> 32, []).append(key)
-            for band, wanted in by_band.items():
-                hashes, ids = self._hashes[band], self._ids[band]
-                if not len(hashes):
-                    continue
-                query = np.fromiter((key & _LOW32 for key in wanted), dtype=np.uint32, count=len(wanted))
-                lows = np.searchsorted(hashes, query, side="left").tolist()
-                highs = np.searchsorted(hashes, query, side="right").tolist()
-                for key, low, high in zip(wanted, lows, highs, strict=True):
-                    if high > low:
-                        found[key] = ids[low:high].tolist()
+            if len(self._keys) and keys:
+                query = np.array(keys, dtype=np.uint64)
+                lows = np.searchsorted(self._keys, query, side="left")
+                highs = np.searchsorted(self._keys, query, side="right")
+                hits = np.flatnonzero(highs > lows).tolist()
+                for i, low, high in zip(hits, lows[hits].tolist(), highs[hits].tolist(), strict=True):
+                    found[keys[i]] = self._ids[low:high].tolist()
             for key in keys:
                 recent = self._recent.get(key)
                 if recent is not None:
@@ -133,29 +130,21 @@ class BandIndex:
     def entry_ids(self) -> set[int]:
         """Every entry with keys in the index, inside the horizon."""
         with self.lock:
-            ids = {i for band in self._ids for i in band.tolist()}
+            ids = set(self._ids.tolist())
             for found in self._recent.values():
                 ids.update(_listed(found))
             return {i for i in ids if i > self._floor}
 
     def _merge(self) -> None:
-        """The keys added since the last merge join each band's sorted arrays; entries out of the horizon leave."""
-        recent, count = self._recent, self._recent_rows
-        keys = np.fromiter((k for k, found in recent.items() for _ in _listed(found)), dtype=np.uint64, count=count)
-        added = np.fromiter((i for found in recent.values() for i in _listed(found)), dtype=np.int64, count=count)
-        self._recent, self._recent_rows = {}, 0
-        bands = (keys >> np.uint64(32)).astype(np.uint8)
-        digests = (keys & np.uint64(_LOW32)).astype(np.uint32)
-        del keys
-        for band in range(BANDS):
-            mine = bands == band
-            hashes = np.concatenate((self._hashes[band], digests[mine]))
-            ids = np.concatenate((self._ids[band], added[mine]))
-            if len(ids) and ids.min() <= self._floor:
-                kept = ids > self._floor
-                hashes, ids = hashes[kept], ids[kept]
-            order = np.argsort(hashes, kind="stable")  # old rows in order, then new ones: timsort merges
-            self._hashes[band], self._ids[band] = hashes[order], ids[order]
+        """The keys added since the last merge join the sorted arrays; entries out of the horizon leave."""
+        keys = np.concatenate((self._keys, np.array(self._recent_keys, dtype=np.uint64)))
+        ids = np.concatenate((self._ids, np.array(self._recent_ids, dtype=np.int64)))
+        self._recent, self._recent_keys, self._recent_ids, self._recent_rows = {}, [], [], 0
+        if len(ids) and ids.min() <= self._floor:
+            kept = ids > self._floor
+            keys, ids = keys[kept], ids[kept]
+        order = np.argsort(keys, kind="stable")  # old rows in order, then new ones: timsort merges
+        self._keys, self._ids = keys[order], ids[order]
 
 
 def _listed(found: int | list[int]) -> list[int] | tuple[int]:
