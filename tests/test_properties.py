@@ -13,7 +13,7 @@ import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -24,7 +24,7 @@ from aggregator.config import build_config, parse_duration
 from aggregator.exceptions import ConfigError
 from aggregator.parse import _date, parse_feed
 from aggregator.sanitize import sanitize_html
-from aggregator.urls import canonical_url, is_tracking_param
+from aggregator.urls import absolute_url, canonical_url, is_tracking_param
 
 SOME = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MANY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -104,6 +104,27 @@ def test_canonical_url_never_raises_where_urlsplit_does_not_and_its_result_parse
     except ValueError:
         assume(False)  # covered by the next test
     urlsplit(canonical_url(text))
+
+
+def _resolved(link: str, base: str) -> str | None:
+    """absolute_url's meaning: urljoin, kept when it is http(s) and parses."""
+    try:
+        resolved = urljoin(base, link.strip())
+        scheme = urlsplit(resolved).scheme
+    except ValueError:
+        return None
+    return resolved if scheme.lower() in ("http", "https") else None
+
+
+link_text = st.text(alphabet="abcXY019-._~%/:@!$&'()*+,=?#;[]\\ \tü", max_size=30)
+
+
+@given(st.one_of(link_text, link_text.map("http://".__add__), link_text.map("https://".__add__)),
+       st.sampled_from(["http://127.0.0.1:1/feeds/1.xml", "https://ex.test/a/b?c#d", "http://ex.test", "ftp://x/"]))
+@MANY
+def test_absolute_urls_are_what_urljoin_makes_of_them(link: str, base: str) -> None:
+    assume(link.strip())
+    assert absolute_url(link, base) == _resolved(link, base)
 
 
 @pytest.mark.parametrize("text", ["http://[::1", "http://[x]/", "http://]", "http://a\uff03b/"])
