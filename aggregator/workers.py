@@ -1,6 +1,6 @@
 """A process pool for the CPU-bound stages (feed parsing, article extraction).
 
-Workers are plain child interpreters (``python -m aggregator.workers``) that
+Workers are plain child interpreters (``python -m aggregator.workerproc``) that
 read pickled calls on stdin and answer with pickled results on stdout, in
 order. The event loop talks to them directly, with no helper threads (a
 thread-based pool's bookkeeping competed with the main thread for the GIL and
@@ -14,25 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import pickle
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 from .extract import Article, extract_article
 from .parse import parse_feed
 from .types import ParsedFeed
+from .workerproc import BIG_CALL, HEADER, release_memory
 
 T = TypeVar("T")
 
 PARSE_TIME_LIMIT = 60.0
 QUEUED_PER_WORKER = 2
-HEADER = 8
-BIG_CALL = 4 * 1024 * 1024  # a call with a request or reply this large: give the freed memory back after it
 
 
 class TaskTimedOut(Exception):
@@ -74,7 +72,7 @@ class _Worker:
     @classmethod
     async def start(cls, on_exit: Callable[[_Worker], None]) -> _Worker:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "aggregator.workers",
+            sys.executable, "-m", "aggregator.workerproc",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )
         return cls(process, on_exit)
@@ -210,50 +208,3 @@ class WorkerPool:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
-    """The worker's loop: one pickled ``(func, args)`` in, one pickled ``(ok, value)`` out."""
-    while header := requests.read(HEADER):
-        size = int.from_bytes(header, "big")
-        request = requests.read(size)
-        func, args = pickle.loads(request)
-        del request  # a feed's body is not kept twice while it is parsed
-        try:
-            reply = pickle.dumps((True, func(*args)), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as e:  # noqa: BLE001 - the caller gets the error
-            reply = _error_reply(e)
-        replies.write(len(reply).to_bytes(HEADER, "big"))
-        replies.write(reply)  # not concatenated: a 15 MB reply is not copied
-        replies.flush()
-        if max(size, len(reply)) >= BIG_CALL:
-            del func, args, reply
-            release_memory()
-
-
-def release_memory() -> None:
-    """Hand memory freed by a large job back to the system (glibc keeps it for reuse otherwise, and a
-    10,000-item feed leaves a worker tens of MB larger for the rest of its life)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):  # not glibc
-        return
-    trim(0)
-
-
-def _error_reply(error: Exception) -> bytes:
-    try:
-        return pickle.dumps((False, error), protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # noqa: BLE001 - an error that cannot be pickled still reaches the caller as text
-        return pickle.dumps((False, RuntimeError(f"{type(error).__name__}: {error}")))
-
-
-def _main() -> None:
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
-        _serve(sys.stdin.buffer, replies)
-
-
-if __name__ == "__main__":
-    _main()

@@ -326,25 +326,43 @@ def test_a_worker_hands_back_the_memory_of_a_large_call(monkeypatch: pytest.Monk
     import io
     import pickle
 
-    from aggregator import workers
+    from aggregator import workerproc
 
     released: list[int] = []
-    real_release = workers.release_memory
-    monkeypatch.setattr(workers, "release_memory", lambda: released.append(1))
-    big = b"x" * workers.BIG_CALL
-    calls = [(len, (big,)), (bytes, (workers.BIG_CALL,)), (sum, ([1, 2],))]
+    real_release = workerproc.release_memory
+    monkeypatch.setattr(workerproc, "release_memory", lambda: released.append(1))
+    big = b"x" * workerproc.BIG_CALL
+    calls = [(len, (big,)), (bytes, (workerproc.BIG_CALL,)), (sum, ([1, 2],))]
     requests = io.BytesIO(b"".join(
-        len(p).to_bytes(workers.HEADER, "big") + p for p in (pickle.dumps(call) for call in calls)
+        len(p).to_bytes(workerproc.HEADER, "big") + p for p in (pickle.dumps(call) for call in calls)
     ))
     replies = io.BytesIO()
-    workers._serve(requests, replies)
+    workerproc._serve(requests, replies)
     replies.seek(0)
     answers = []
-    while header := replies.read(workers.HEADER):
+    while header := replies.read(workerproc.HEADER):
         answers.append(pickle.loads(replies.read(int.from_bytes(header, "big"))))
-    assert [a[1] if not isinstance(a[1], bytes) else len(a[1]) for a in answers] == [workers.BIG_CALL, workers.BIG_CALL, 3]
+    assert [a[1] if not isinstance(a[1], bytes) else len(a[1]) for a in answers] == [workerproc.BIG_CALL, workerproc.BIG_CALL, 3]
     assert len(released) == 2  # the big request, the big reply; not the small call
     real_release()  # runs here (glibc), and is a no-op where there is no malloc_trim
+
+
+def test_a_worker_process_starts_without_the_pool_or_the_stages_it_is_not_asked_for() -> None:
+    """A worker imports what reading calls needs; parsing brings its modules with the first feed."""
+    import pickle
+    import subprocess
+    import sys
+
+    from aggregator import workerproc
+
+    call = pickle.dumps((eval, ("sorted(__import__('sys').modules)",)))
+    done = subprocess.run(
+        [sys.executable, "-m", "aggregator.workerproc"], input=len(call).to_bytes(workerproc.HEADER, "big") + call,
+        capture_output=True, timeout=60, check=True,
+    )
+    ok, modules = pickle.loads(done.stdout[workerproc.HEADER:])
+    assert ok and "aggregator" in modules
+    assert not {"asyncio", "aggregator.workers", "aggregator.extract", "aggregator.parse", "numpy"} & set(modules)
 
 
 # --- 5 and 10. failures and their states; poll --json reports the counts ----------------------------
