@@ -106,6 +106,22 @@ def test_canonical_url_never_raises_where_urlsplit_does_not_and_its_result_parse
     urlsplit(canonical_url(text))
 
 
+plain_urls = st.builds(
+    "{}://{}{}{}".format,
+    st.sampled_from(["http", "https"]),
+    st.text(alphabet="abz09.-", min_size=1, max_size=12),
+    st.sampled_from(["", ":80", ":443", ":8080", ":65535", ":65536", ":99999"]),
+    st.text(alphabet="/aZ09-._~!$&'()*+,;=:@", max_size=25).map(lambda path: "/" + path if path else ""),
+)
+
+
+@given(plain_urls)
+@MANY
+def test_urls_already_plain_canonicalise_as_any_other(url: str) -> None:
+    """A leading space takes the same URL through the general path (urlsplit, quoting, query rules)."""
+    assert canonical_url(url) == canonical_url(" " + url)
+
+
 def _resolved(link: str, base: str) -> str | None:
     """absolute_url's meaning: urljoin, kept when it is http(s) and parses."""
     try:
