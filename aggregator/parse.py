@@ -33,7 +33,7 @@ from .exceptions import ParseError
 from .sanitize import collapse_space, html_blocks, plain_text, sanitize_html
 from .schedule import feed_ttl, publish_interval
 from .types import ParsedEntry, ParsedFeed
-from .urls import absolute_url, canonical_url
+from .urls import absolute_url, canonical_url, is_plain_http
 
 _XML_POSITION = re.compile(r"^<unknown>:(\d+):(\d+):")
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -99,9 +99,23 @@ def _plain_keys_as_a_dict() -> None:
     cls.has_key = __contains__
 
 
+def _plain_links_as_they_are() -> None:
+    """feedparser joins every link with the document's base (``urljoin`` after a regex): a link that is
+    already an absolute http(s) URL with nothing to respell comes back unchanged, without the work."""
+    join = getattr(feedparser.mixin, "_urljoin", None)
+    if join is None or join is not getattr(feedparser.urls, "_urljoin", None):
+        return
+
+    def _urljoin(base: str, uri: str) -> str:
+        return uri if type(uri) is str and is_plain_http(uri) else join(base, uri)
+
+    feedparser.mixin._urljoin = _urljoin
+
+
 _memoise_base_resolution()
 _copy_content_params_shallowly()
 _plain_keys_as_a_dict()
+_plain_links_as_they_are()
 
 
 def parse_feed(body: bytes, url: str, headers: Mapping[str, str] | None = None) -> ParsedFeed:

@@ -27,12 +27,17 @@ def is_tracking_param(name: str) -> bool:
 _PLAIN_HTTP = re.compile(r"https?://[^/?#;\[\]\x00-\x20\x7f]+(?:/[^?#;\[\]\x00-\x20\x7f]*)?")
 
 
+def is_plain_http(link: str) -> bool:
+    """Whether ``link`` is an absolute http(s) URL that ``urljoin`` returns unchanged against any base."""
+    return link.isascii() and _PLAIN_HTTP.fullmatch(link) is not None
+
+
 def absolute_url(link: str | None, base: str) -> str | None:
     """``link`` resolved against ``base``; None for empty, malformed or non-http(s) links."""
     if not link or not link.strip():
         return None
     link = link.strip()
-    if link.isascii() and _PLAIN_HTTP.fullmatch(link):  # most links: as urljoin would give them, at a third of its cost
+    if is_plain_http(link):  # most links: as urljoin would give them, at a third of its cost
         return link
     try:
         resolved = urljoin(base, link)

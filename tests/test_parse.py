@@ -192,6 +192,23 @@ def test_feedparser_dicts_answer_plain_keys_directly_and_aliases_as_before():
         entry.missing
 
 
+def test_links_are_joined_with_the_base_only_when_urljoin_would_change_them():
+    import feedparser.mixin
+    import feedparser.urls
+
+    assert feedparser.mixin._urljoin is not feedparser.urls._urljoin
+    for base, uri in [("http://one.test/x/", "http://two.test/a?b#c"), ("http://one.test/x/", "a.html"),
+                      ("https://one.test/", "http://two.test/p;q"), ("", "http:///three.test//a"), ("http://h/", "HTTP://h/A")]:
+        assert feedparser.mixin._urljoin(base, uri) == feedparser.urls._urljoin(base, uri)
+    parsed = parse_feed(
+        b"""<feed xmlns="http://www.w3.org/2005/Atom" xml:base="http://one.test/x/"><title>t</title>
+        <entry><id>1</id><title>a</title><link href="http://two.test/b.html"/></entry>
+        <entry><id>2</id><title>b</title><link href="c.html"/></entry></feed>""",
+        f"{BASE}/atom.xml",
+    )
+    assert [e.link for e in parsed.entries] == ["http://two.test/b.html", "http://one.test/x/c.html"]
+
+
 def test_content_parameters_are_copied_per_entry():
     from feedparser.util import FeedParserDict
 
