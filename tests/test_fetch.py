@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
 from server import FixtureServer
 
@@ -126,6 +127,11 @@ def test_a_cookie_set_on_the_way_is_sent_after_the_redirect(http: FixtureServer,
         return real(self, response, request)
 
     monkeypatch.setattr(cookiejar.CookieJar, "extract_cookies", counting)
+
+    async def no_send(*args, **kwargs):
+        raise AssertionError("requests go through the transport, without the client's auth and hook machinery")
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", no_send)
     http.route("/consent", redirect="/feed-c", status=302, headers={"Set-Cookie": "consent=yes; Path=/"})
     http.route("/feed-c", body=FEED)
     result = fetch(http.url("/consent"))
