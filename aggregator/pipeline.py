@@ -31,12 +31,12 @@ from .storage.retention import prune
 from .storage.store import FeedFailed, FeedUnchanged, FeedWrite, StoreCounts, body_hash
 from .timeutil import iso, utcnow
 from .types import Config, FeedConfig, FeedState, FetchResult, ParsedFeed, PollResult
+from .workerproc import INLINE_PARSE_BELOW
 from .workers import PARSE_TIME_LIMIT, WorkerPool, release_memory
 from .writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
-INLINE_PARSE_BELOW = 4
 GONE = 410
 GONE_NAMED = 3
 STORE_CHUNK = 1000

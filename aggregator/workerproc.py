@@ -2,7 +2,8 @@
 
 It imports nothing but what reading and answering calls needs; a call's function brings its own
 module (feed parsing, article extraction) when it is first unpickled, so a worker starts in a
-fraction of the time the whole pool module with asyncio would take.
+fraction of the time the whole pool module with asyncio would take. With ``--preload`` (started by
+:func:`.launch.prestart`) it loads the parsing stack at once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from typing import BinaryIO
 
 HEADER = 8
 BIG_CALL = 4 * 1024 * 1024  # a call with a request or reply this large: give the freed memory back after it
+INLINE_PARSE_BELOW = 4  # a pass over fewer feeds parses them in its own process
+PRELOAD = ("aggregator.parse", "aggregator.similarity")  # what parsing a feed imports: feedparser, nh3, numpy
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
 
 
 def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
@@ -54,7 +63,18 @@ def _error_reply(error: Exception) -> bytes:
         return pickle.dumps((False, RuntimeError(f"{type(error).__name__}: {error}")))
 
 
+def _preload() -> None:
+    """Import what parsing a feed needs before the first call; a module that fails to import fails that call instead."""
+    import importlib
+
+    for name in PRELOAD:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+
+
 def _main() -> None:
+    if "--preload" in sys.argv[1:]:
+        _preload()
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import pickle
+import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .extract import Article, extract_article
+from .launch import take_prestarted
 from .parse import parse_feed
 from .types import ParsedFeed
-from .workerproc import BIG_CALL, HEADER, release_memory
+from .workerproc import BIG_CALL, HEADER, default_workers, release_memory
 
 T = TypeVar("T")
 
@@ -43,13 +44,6 @@ class WorkerCrashed(Exception):
 
 class _Requeue(Exception):
     """The worker went away before it began this call: run it elsewhere."""
-
-
-def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -71,6 +65,9 @@ class _Worker:
 
     @classmethod
     async def start(cls, on_exit: Callable[[_Worker], None]) -> _Worker:
+        prestarted = take_prestarted()
+        if prestarted is not None:
+            return cls(await _Adopted.connect(prestarted), on_exit)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "aggregator.workerproc",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -148,6 +145,36 @@ class _Worker:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+
+
+class _Adopted:
+    """A worker started before the event loop (:func:`.workerproc.prestart`), with the part of an asyncio
+    subprocess's interface a :class:`_Worker` uses."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], stdin: asyncio.StreamWriter, stdout: asyncio.StreamReader) -> None:
+        self._popen = popen
+        self.stdin = stdin
+        self.stdout = stdout
+
+    @classmethod
+    async def connect(cls, popen: subprocess.Popen[bytes]) -> _Adopted:
+        loop = asyncio.get_running_loop()
+        stdout = asyncio.StreamReader(limit=2**16, loop=loop)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout, loop=loop), popen.stdout)
+        transport, protocol = await loop.connect_write_pipe(lambda: asyncio.streams.FlowControlMixin(loop=loop), popen.stdin)
+        return cls(popen, asyncio.StreamWriter(transport, protocol, None, loop), stdout)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    def kill(self) -> None:
+        self._popen.kill()
+
+    async def wait(self) -> int:
+        while (code := self._popen.poll()) is None:
+            await asyncio.sleep(0.02)
+        return code
 
 
 class WorkerPool:
