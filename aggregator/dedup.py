@@ -166,6 +166,8 @@ def stories_near(
     ``min_words`` (a title-only item), ``short_similarity``, and never within one
     feed: a feed repeating a title ("Die Lage am Morgen") publishes a new item.
     """
+    if not candidates:  # most new entries: nothing shares a band with them
+        return []
     from .similarity import from_bytes, jaccard
 
     mine = from_bytes(own.signature)

@@ -32,6 +32,9 @@ _B = _RANDOM.integers(0, 1 << 63, size=PERMUTATIONS, dtype=np.uint64)
 _SHIFT = np.uint64(32)
 _LOW32 = np.uint64(0xFFFFFFFF)
 _BATCH_TOKENS = 8192  # words hashed together, at most: a table of 8,192 x 64 values is 4 MiB
+_SIGNATURE_BYTES = 4 * PERMUTATIONS
+_BAND_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93], dtype=np.uint64)
+_BAND_NUMBERS = np.arange(BANDS, dtype=np.uint64) << np.uint64(32)
 
 
 class _Vocabulary(dict[str, int]):
@@ -141,10 +144,26 @@ def from_bytes(blob: bytes) -> np.ndarray:
 
 
 def band_keys(signature: bytes) -> list[int]:
-    """One integer per band of a stored signature (:func:`to_bytes`): the band's number and a hash of
-    its rows, for an indexed lookup."""
-    size = 4 * ROWS
-    return [(band << 32) | zlib.crc32(signature[band * size : (band + 1) * size]) for band in range(BANDS)]
+    """One integer per band of a stored signature (:func:`to_bytes`): the band's number and a 32-bit
+    hash of its rows, for a lookup in the band index (which holds them in memory only)."""
+    return band_keys_of([signature])[0]
+
+
+def band_keys_of(signatures: Sequence[bytes]) -> list[list[int]]:
+    """:func:`band_keys` of each signature, hashed together (a feed's in a few array operations instead
+    of 16 hashes each); none for a blob that is not a signature."""
+    whole = [s for s in signatures if len(s) == _SIGNATURE_BYTES]
+    if not whole:
+        return [[] for _ in signatures]
+    rows = np.frombuffer(b"".join(whole), dtype="<u4").reshape(len(whole), BANDS, ROWS).astype(np.uint64)
+    rows *= _BAND_MIX
+    mixed = rows.sum(axis=2, dtype=np.uint64)  # modulo 2**64
+    mixed ^= mixed >> np.uint64(29)
+    mixed *= np.uint64(0xBF58476D1CE4E5B9)
+    mixed >>= _SHIFT
+    mixed |= _BAND_NUMBERS
+    keys = iter(mixed.tolist())
+    return [next(keys) if len(s) == _SIGNATURE_BYTES else [] for s in signatures]
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:

@@ -703,13 +703,20 @@ def test_a_near_duplicate_with_full_text_has_its_page_fetched_in_the_same_pass(s
 
 
 def test_band_keys_of_a_stored_signature_stay_what_the_band_index_holds() -> None:
+    from aggregator.similarity import band_keys_of
+
     fingerprint = fingerprint_of(
         "Brücke gesperrt",
         "Die Brücke über den Fluss bleibt wegen Bauarbeiten bis Freitag gesperrt, teilte die Stadt mit.",
     )
     keys = band_keys(fingerprint.signature)
     assert len(keys) == BANDS and [key >> 32 for key in keys] == list(range(BANDS))
-    assert keys[:3] == [3212847296, 7759215595, 9563328896] and keys[-1] == 65594725687
+    assert keys[:3] == [2633474013, 7481569440, 10809906689] and keys[-1] == 65324558377
+    rng = random.Random(4)
+    others = [fingerprint_of(None, " ".join(f"w{rng.randrange(1000)}" for _ in range(30))).signature for _ in range(20)]
+    batch = [*others[:7], b"not a signature", fingerprint.signature, *others[7:]]
+    assert band_keys_of(batch) == [band_keys(s) if len(s) == 256 else [] for s in batch]
+    assert band_keys_of(batch)[8] == keys and len({k for ks in band_keys_of(others) for k in ks}) == 20 * BANDS
 
 
 def test_a_large_first_load_is_merged_as_it_goes(monkeypatch) -> None:

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from sqlite_utils import Database
 
-from ..similarity import band_keys
+from ..similarity import band_keys_of
 
 MERGE_ROWS = 1 << 15  # keys added since the last merge, kept in a dict until there are this many
+ADD_BATCH = 4096  # stored signatures hashed into keys together
 
 _shared: dict[str, tuple[BandIndex, int]] = {}  # per database file: the index, and the stores using it
 _shared_lock = threading.Lock()
@@ -82,8 +84,11 @@ class BandIndex:
                 self.seen = max(self.seen, newest)
 
     def add(self, entries: Iterable[tuple[int, bytes]]) -> None:
-        """Index ``(entry id, stored signature)`` pairs."""
-        self.add_keys((entry_id, band_keys(signature)) for entry_id, signature in entries)
+        """Index ``(entry id, stored signature)`` pairs (their keys hashed ``ADD_BATCH`` at a time)."""
+        pending = iter(entries)
+        while batch := list(islice(pending, ADD_BATCH)):
+            ids, signatures = zip(*batch, strict=True)
+            self.add_keys(zip(ids, band_keys_of(signatures), strict=True))
 
     def add_keys(self, entries: Iterable[tuple[int, list[int]]]) -> None:
         """Index ``(entry id, band keys of its signature)`` pairs."""

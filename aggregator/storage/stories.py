@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from sqlite_utils import Database
 
 from ..dedup import DedupSettings, Fingerprint, Match, NearCandidate, match_near
-from ..similarity import band_keys
+from ..similarity import band_keys, band_keys_of
 from ..timeutil import parse_iso
 from .bands import BandIndex
 
@@ -160,7 +160,8 @@ class BatchIndex:
 
     def __init__(self, db: Database, index: BandIndex, fingerprints: list[Fingerprint]) -> None:
         self._index = index
-        self._keys = {fp.signature: band_keys(fp.signature) for fp in fingerprints}
+        signatures = list({fp.signature: None for fp in fingerprints})
+        self._keys = dict(zip(signatures, band_keys_of(signatures), strict=True))
         self._by_key: dict[int, list[int]] = {}
         self._details: dict[int, NearCandidate] = {}
         self._pending: list[tuple[int, list[int]]] = []
