@@ -402,7 +402,7 @@ def format_self_reported(results: BenchResults) -> list[str]:
 
 
 def format_cpu(results: BenchResults) -> list[str]:
-    """CPU time of the cold passes, and the best cold speed-up that much CPU allows on this machine's cores."""
+    """CPU time of the cold passes, and the cold speed-up that much CPU allows on this machine's cores."""
     ours = [r.cold_cpu_s for r in results.ours_runs if r.cold_cpu_s]
     per_workers = results.reader_by_workers()
     if not ours or not per_workers:
@@ -410,15 +410,15 @@ def format_cpu(results: BenchResults) -> list[str]:
     cores = len(os.sched_getaffinity(0))
     workers = min(per_workers, key=lambda w: per_workers[w].cold_s)  # as reader_best() chooses
     theirs = median([r.cold_cpu_s for r in results.reader_runs if r.workers == workers and r.cold_cpu_s])
-    ceiling = per_workers[workers].cold_s / (median(ours) / cores)
+    bound = per_workers[workers].cold_s / (median(ours) / cores)
     return [
         (
             f"cold pass CPU time (median): aggregator {median(ours):.2f}s (CLI process and its workers, start-up "
             f"included), reader w={workers} {theirs:.2f}s (update_feeds() in-process)"
         ),
         (
-            f"with that much CPU on {cores} core(s), the best cold speed-up possible is {ceiling:.2f}x "
-            "(reader's cold time / our CPU time per core)"
+            f"with that much CPU on {cores} core(s), a CPU-bound cold speed-up is {bound:.2f}x (reader's cold time / "
+            "our CPU time per core; ours includes start-up, partly before the timed pass)"
         ),
     ]
 
