@@ -20,6 +20,7 @@ BIG_CALL = 4 * 1024 * 1024  # a call with a request or reply this large: give th
 INLINE_PARSE_BELOW = 4  # a pass over fewer feeds parses them in its own process
 PRELOAD = ("aggregator.parse", "aggregator.similarity")  # what parsing a feed imports: feedparser, nh3, numpy
 
+
 def default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
