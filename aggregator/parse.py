@@ -16,6 +16,7 @@ import hashlib
 import html
 import json
 import re
+import xml.sax.expatreader
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -23,6 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import feedparser
+import feedparser.api
 import feedparser.mixin
 import feedparser.urls
 from feedparser.util import FeedParserDict
@@ -112,10 +114,34 @@ def _plain_links_as_they_are() -> None:
     feedparser.mixin._urljoin = _urljoin
 
 
+class _TextBufferingExpatParser(xml.sax.expatreader.ExpatParser):
+    """The standard library's expat reader with ``buffer_text`` on: an element's text reaches feedparser
+    in one piece instead of one per entity or character reference (an escaped HTML description has
+    dozens), each a trip through its Python handlers."""
+
+    def reset(self) -> None:
+        super().reset()
+        self._parser.buffer_text = True
+
+
+def create_parser() -> xml.sax.expatreader.ExpatParser:
+    """This module as a SAX driver (``xml.sax.make_parser`` imports a driver module and calls this)."""
+    return _TextBufferingExpatParser()
+
+
+def _buffer_text() -> None:
+    """feedparser asks ``xml.sax`` for the first driver in its ``PREFERRED_XML_PARSERS``: this module first.
+    Every document of feedparser's own test corpus parses to the same result."""
+    drivers = getattr(feedparser.api, "PREFERRED_XML_PARSERS", None)
+    if isinstance(drivers, list) and __name__ not in drivers:
+        drivers.insert(0, __name__)
+
+
 _memoise_base_resolution()
 _copy_content_params_shallowly()
 _plain_keys_as_a_dict()
 _plain_links_as_they_are()
+_buffer_text()
 
 
 def parse_feed(body: bytes, url: str, headers: Mapping[str, str] | None = None) -> ParsedFeed:

@@ -209,6 +209,28 @@ def test_links_are_joined_with_the_base_only_when_urljoin_would_change_them():
     assert [e.link for e in parsed.entries] == ["http://two.test/b.html", "http://one.test/x/c.html"]
 
 
+def test_an_elements_text_reaches_feedparser_in_one_piece(monkeypatch):
+    """An escaped HTML description is one text, not one piece per entity reference."""
+    import feedparser.mixin
+
+    pieces: list[str] = []
+    handle_data = feedparser.mixin._FeedParserMixin.handle_data
+
+    def counting(self, text, escape=1):
+        pieces.append(text)
+        return handle_data(self, text, escape)
+
+    monkeypatch.setattr(feedparser.mixin._FeedParserMixin, "handle_data", counting)
+    paragraphs = "".join(f"&lt;p&gt;Absatz {i} &amp;mdash; Grüße&lt;/p&gt;" for i in range(20))
+    parsed = parse_feed(
+        f"""<rss version="2.0"><channel><title>t</title><item><guid>1</guid><title>a</title>
+        <description>{paragraphs}</description></item></channel></rss>""".encode(),
+        f"{BASE}/one.xml",
+    )
+    assert parsed.entries[0].summary.count("<p>") == 20 and "Absatz 19 — Grüße" in parsed.entries[0].summary
+    assert len(pieces) < 20, f"{len(pieces)} pieces of text"
+
+
 def test_content_parameters_are_copied_per_entry():
     from feedparser.util import FeedParserDict
 
