@@ -4,18 +4,17 @@ A pass over many feeds parses them in worker processes, each of which first has 
 stack (feedparser, nh3, numpy): about a quarter of a second of CPU. For ``poll`` over a feed list
 long enough to use them, and for ``run``, they are started here, before the command line and the rest
 of the package are loaded: they load on the other cores meanwhile, and the pass begins with them ready.
-Deciding costs a scan of the arguments and of the config file's text; nothing else is imported.
+Deciding costs a scan of the arguments and of the config file's text.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from .config import resolve_config_path
 from .workerproc import INLINE_PARSE_BELOW, default_workers
 
 _VALUED = {"--config", "--log-level", "--log-format", "--feed"}  # options that take a value
@@ -61,10 +60,9 @@ def parses_in_workers(args: Sequence[str]) -> bool:
 
 
 def _feed_count(config: str | None) -> int:
-    """The ``[[feeds]]`` tables in the config file (as ``resolve_config_path`` finds it); 0 when unreadable."""
-    path = Path(config or os.environ.get("AGGREGATOR_CONFIG") or "feeds.toml")
+    """The ``[[feeds]]`` tables in the config file the command will read; 0 when it is unreadable."""
     try:
-        return len(_FEED_TABLE.findall(path.read_bytes()))
+        return len(_FEED_TABLE.findall(resolve_config_path(config).read_bytes()))
     except OSError:
         return 0
 
