@@ -592,7 +592,7 @@ def test_the_band_index_finds_keys_before_and_after_a_merge(monkeypatch) -> None
     signatures = {i: fingerprint_of(None, text).signature for i, text in texts.items()}
     index.add([(1, signatures[1]), (2, signatures[2])])  # 32 keys: not merged yet
     index.add([(3, signatures[3]), (4, signatures[1])])  # merged at 48; entry 4 shares every key of 1
-    assert index._recent_rows == 16 and len(index._keys) == 48
+    assert len(index._recent_keys) == 16 and len(index._keys) == 48
     index.add([(5, signatures[5])])
     found = index.find(band_keys(signatures[1]))
     assert set(found) == set(band_keys(signatures[1])) and all(ids == [1, 4] for ids in found.values())
@@ -727,7 +727,7 @@ def test_a_large_first_load_is_merged_as_it_goes(monkeypatch) -> None:
     rng = random.Random(8)
     signatures = [fingerprint_of(None, " ".join(f"w{rng.randrange(10**6)}" for _ in range(40))).signature for _ in range(50)]
     index.add(enumerate(signatures, 1))
-    assert index._recent_rows < 64 and len(index._keys) >= 50 * 16 - 64
+    assert len(index._recent_keys) < 64 and len(index._keys) >= 50 * 16 - 64
     assert all(index.find(band_keys(sig)) for sig in signatures)
     assert index.entry_ids() == set(range(1, 51))
 

@@ -44,7 +44,6 @@ class BandIndex:
         self._recent: dict[int, int | list[int]] = {}  # key -> entry (entries), since the last merge
         self._recent_keys: list[int] = []  # the same rows in the order they came, for the merge
         self._recent_ids: list[int] = []
-        self._recent_rows = 0
         self._floor = 0  # entries up to this id are outside the horizon
         self.seen: int | None = None  # every entry up to this id has been read (None: not loaded yet)
 
@@ -105,8 +104,7 @@ class BandIndex:
                         recent[key] = [found, entry_id]
                 self._recent_keys += keys
                 self._recent_ids += [entry_id] * len(keys)
-                self._recent_rows += len(keys)
-                if self._recent_rows >= MERGE_ROWS:  # a store's first load, too, goes in steps
+                if len(self._recent_keys) >= MERGE_ROWS:  # a store's first load, too, goes in steps
                     self._merge()
                     recent = self._recent
 
@@ -144,7 +142,7 @@ class BandIndex:
         """The keys added since the last merge join the sorted arrays; entries out of the horizon leave."""
         keys = np.concatenate((self._keys, np.array(self._recent_keys, dtype=np.uint64)))
         ids = np.concatenate((self._ids, np.array(self._recent_ids, dtype=np.int64)))
-        self._recent, self._recent_keys, self._recent_ids, self._recent_rows = {}, [], [], 0
+        self._recent, self._recent_keys, self._recent_ids = {}, [], []
         if len(ids) and ids.min() <= self._floor:
             kept = ids > self._floor
             keys, ids = keys[kept], ids[kept]
