@@ -148,7 +148,7 @@ class _Worker:
 
 
 class _Adopted:
-    """A worker started before the event loop (:func:`.workerproc.prestart`), with the part of an asyncio
+    """A worker started before the event loop (:func:`.launch.prestart`), with the part of an asyncio
     subprocess's interface a :class:`_Worker` uses."""
 
     def __init__(self, popen: subprocess.Popen[bytes], stdin: asyncio.StreamWriter, stdout: asyncio.StreamReader) -> None:
