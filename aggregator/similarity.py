@@ -73,14 +73,9 @@ def shingles(tokens: list[str]) -> np.ndarray:
     return np.unique((combined ^ (combined >> np.uint64(29))) & _LOW32)
 
 
-def signature(tokens: list[str]) -> np.ndarray | None:
-    """The MinHash signature (64 values below 2**32), None for a text without words."""
-    return signatures([tokens])[0]
-
-
 def signatures(texts: Sequence[list[str]]) -> list[np.ndarray | None]:
-    """:func:`signature` of each text, computed together: a feed's entries cost a few array operations
-    instead of a dozen each. Shingles repeated in a text do not change its minimum, so none are dropped."""
+    """The MinHash signature of each text (64 values below 2**32; None for a text without words), computed
+    together: a feed's entries cost a few array operations instead of a dozen each. Shingles repeated in a text do not change its minimum, so none are dropped."""
     found: list[np.ndarray | None] = [None] * len(texts)
     batch: list[int] = []
     size = 0
