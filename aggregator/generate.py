@@ -23,7 +23,7 @@ from . import __version__
 from .sanitize import plain_text
 from .similarity import words
 from .storage import EntryRow, Store
-from .timeutil import parse_iso
+from .timeutil import iso, parse_iso
 from .types import Config, OutputConfig
 
 FORMATS = ("atom", "rss", "json")
@@ -211,7 +211,7 @@ def _json_item(item: Item) -> dict[str, object]:
 
 
 def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(moment)
 
 
 _MEDIA_TYPES = {"atom": "application/atom+xml", "rss": "application/rss+xml", "json": "application/feed+json"}

@@ -37,6 +37,7 @@ from xml.parsers import expat
 
 from .config import _url_identity, load_config
 from .exceptions import AggregatorError, ConfigError
+from .timeutil import iso, utcnow
 from .types import Config, FeedConfig
 
 __all__ = [
@@ -288,7 +289,7 @@ def toml_string(value: str) -> str:
 
 def render_feeds(feeds: Sequence[OpmlFeed], source: str, newline: str = "\n") -> str:
     """``[[feeds]]`` tables for ``feeds``, after a comment saying where they came from."""
-    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = iso(utcnow())
     origin = "".join(ch if ch.isprintable() else "?" for ch in Path(source).name)
     lines = [f"# Imported from {origin} by `aggregator import-opml` on {when}"]
     for feed in feeds:

@@ -10,7 +10,7 @@ from sqlite_utils import Database
 
 from ..dedup import DedupSettings, Fingerprint, Match, NearCandidate, match_near
 from ..similarity import band_keys, band_keys_of
-from ..timeutil import parse_iso
+from ..timeutil import iso, parse_iso
 from .bands import BandIndex
 
 MAX_CANDIDATES = 200
@@ -241,5 +241,5 @@ class BandHorizon:
 
 def first_seen_before(db: Database, moment: float) -> int:
     """The newest entry first seen before ``moment``: ids grow with ``first_seen``."""
-    cutoff = datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cutoff = iso(datetime.fromtimestamp(moment, UTC))
     return db.execute("SELECT coalesce(max(id), 0) FROM entries WHERE first_seen < ?", [cutoff]).fetchone()[0]
